@@ -77,7 +77,7 @@ def write_array(path: str | os.PathLike, array) -> Path:
     if suffix == ".zarr":
         import zarr
 
-        zarr.save_array(str(path), array)
+        zarr.save_array(str(path), array, overwrite=True)
         return path
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -87,7 +87,8 @@ def write_array(path: str | os.PathLike, array) -> Path:
         else:
             import tifffile
 
-            tifffile.imwrite(tmp, array)
+            # minisblack: a (3, Y, X) stack is three slices, not one RGB picture
+            tifffile.imwrite(tmp, array, photometric="minisblack")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
