@@ -1,0 +1,166 @@
+"""``napari-spoco predict``: embeddings of an image from a checkpoint, optionally as PCA RGB."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+
+import numpy as np
+
+HELP = "predict pixel embeddings (E, [Z,] Y, X) of an image with a trained checkpoint"
+
+
+def shape_argument(text: str) -> tuple[int, ...]:
+    """Parse ``512`` or ``32,128,128`` (also ``32x128x128``) into a tuple of ints."""
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a shape; give non-negative integers like 512 or 32,128,128"
+        )
+    return values[0] if len(values) == 1 else values
+
+
+def add_tiling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``predict`` and ``segment``."""
+    group = parser.add_argument_group("prediction")
+    group.add_argument("--channel-axis", type=int, default=None,
+                       help="axis of the image holding channels (default: none for images with "
+                            "the model's dimensionality, else the training run's channel axis)")
+    group.add_argument("--tile-shape", type=shape_argument, default=None, metavar="SHAPE",
+                       help="tile shape, e.g. 512 or 32,128,128 (default 512² / 32×128²)")
+    group.add_argument("--overlap", type=shape_argument, default=None, metavar="SHAPE",
+                       help="overlap of neighbouring tiles (default 64 / 8,32,32)")
+    group.add_argument("--batch-size", type=int, default=None,
+                       help="tiles per forward pass (default 1 on CPU, more on GPU)")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``predict`` subcommand."""
+    parser = subparsers.add_parser(
+        "predict", help=HELP, description=HELP + ". A .zarr output is written tile by tile, "
+        "so memory stays bounded by the tile even for images larger than memory."
+    )
+    parser.add_argument("--checkpoint", required=True, help="napari-spoco checkpoint (.pt)")
+    parser.add_argument("--image", required=True, help="image (.tif, .npy or .zarr)")
+    parser.add_argument("--out", required=True, help="embeddings file (.npy, .tif or .zarr)")
+    parser.add_argument("--momentum", action="store_true",
+                        help="use the momentum network g instead of f")
+    parser.add_argument("--pca", default=None, metavar="OUT_RGB",
+                        help="also write a 3-component PCA RGB view ([Z,] Y, X, 3): float32 in "
+                             "[0, 1] for .npy/.zarr, uint8 for .tif")
+    add_tiling_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def resolve_channel_axis(args, image_ndim: int, loaded) -> int | None:
+    """The ``--channel-axis`` given, else none or the training run's, by dimensionality."""
+    from napari_spoco.core.errors import SpocoInputError
+
+    if args.channel_axis is not None:
+        return args.channel_axis
+    ndim = int(loaded.architecture.get("ndim", image_ndim))
+    if image_ndim == ndim:
+        return None
+    trained_axis = loaded.config.get("channel_axis")
+    if image_ndim == ndim + 1 and trained_axis is not None:
+        return int(trained_axis)
+    raise SpocoInputError(
+        f"The image has {image_ndim} axes but the model is {ndim}D; if one axis holds "
+        "channels, give it with --channel-axis."
+    )
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, disable: bool = False):
+    """A tqdm bar on stderr driven by ``progress(done, total)`` callbacks."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit="tile", disable=True if disable else None)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def read_image(path):
+    """Read an image; zarr stays lazy so that prediction reads it tile by tile."""
+    from napari_spoco.core.io import read_array
+
+    return read_array(path, lazy=Path(path).suffix.lower() == ".zarr")
+
+
+def create_zarr_output(path, shape):
+    """An empty float32 zarr array ``(E, *spatial)`` chunked by all channels of a block.
+
+    Uncompressed: every tile reads and rewrites the chunks it overlaps, and compressing them
+    each time made prediction about 3x slower, while float embeddings barely compress.
+    """
+    import zarr
+
+    block = (256, 256) if len(shape) == 3 else (16, 128, 128)
+    chunks = (shape[0], *(min(s, b) for s, b in zip(shape[1:], block)))
+    return zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="f4",
+                             fill_value=0.0, compressors=None, overwrite=True)
+
+
+def write_rgb(path, rgb: np.ndarray) -> None:
+    """Write the PCA view: uint8 for tif (viewable anywhere), float32 otherwise."""
+    from napari_spoco.core.io import write_array
+
+    if Path(path).suffix.lower() in (".tif", ".tiff"):
+        rgb = np.round(rgb * 255).astype(np.uint8)
+    write_array(path, rgb)
+
+
+def predict_to(args, loaded, image, out_path, momentum: bool = False):
+    """Predict embeddings of ``image`` into ``out_path`` (or memory if None); return them."""
+    from napari_spoco.core.prediction import select_network, predict_embeddings
+
+    model = select_network(loaded, momentum)
+    channel_axis = resolve_channel_axis(args, len(image.shape), loaded)
+    out = None
+    if out_path is not None and Path(out_path).suffix.lower() == ".zarr":
+        axes = range(len(image.shape))
+        if channel_axis is not None:
+            axes = [a for a in axes if a != channel_axis % len(image.shape)]
+        spatial = tuple(image.shape[a] for a in axes)
+        out = create_zarr_output(out_path, (model.out_channels, *spatial))
+    with progress_bar("predict", args.no_progress) as progress:
+        embeddings = predict_embeddings(
+            model, image, loaded.normalization, channel_axis=channel_axis,
+            tile_shape=args.tile_shape, overlap=args.overlap, batch_size=args.batch_size,
+            device=args.device, out=out, progress=progress,
+        )
+    if out_path is not None and out is None:
+        from napari_spoco.core.io import write_array
+
+        write_array(out_path, embeddings)
+    return embeddings
+
+
+def run(args) -> int:
+    """Run ``napari-spoco predict``."""
+    from napari_spoco.core.checkpoint import load_model
+    from napari_spoco.core.pca import pca_rgb
+
+    loaded = load_model(args.checkpoint, args.device)
+    image = read_image(args.image)
+    embeddings = predict_to(args, loaded, image, args.out, args.momentum)
+    print(f"wrote embeddings {tuple(embeddings.shape)} to {args.out}")
+    if args.pca:
+        write_rgb(args.pca, pca_rgb(embeddings))
+        print(f"wrote PCA view to {args.pca}")
+    return 0
