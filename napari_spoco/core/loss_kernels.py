@@ -1,0 +1,243 @@
+"""Pixel-to-centre sums for the SPOCO loss, in bounded memory and few passes.
+
+Three SPOCO terms need every pixel's distance to every one of K centres: the unlabeled push
+(unlabeled pixels against object means), the denominator of the object Dice (labeled pixels
+against object anchors) and the consistency Dice (all pixels against up to 20 anchors). Through
+plain autograd, each would keep several ``(pixels, K)`` matrices alive until the backward pass
+(130 MB each for a 256² patch with 500 objects) and allocate a fresh one for every elementwise
+step. Here each term is one ``autograd.Function`` that walks the pixels in blocks:
+
+* a block of scaled squared distances is one matmul of augmented rows,
+  ``[x, |x|², 1] · [-2 s c, s, s |c|²]ᵀ = s |x - c|²``, so no broadcast additions follow;
+* the per-pair derivative is kept from the forward pass while it is small and recomputed
+  block by block when it is not, so memory stays bounded and time grows linearly with K;
+* with ``w[i, k] = dL/d|x_i - c_k|²``, the gradients are ``dL/dx = 2 (x sum_k w - w c)`` and
+  ``dL/dc = -2 (wᵀ x - c sum_i w)``: two matmuls per block (augmented with a column of ones
+  to get the sums of ``w`` for free).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Elements of one (rows, centres) block: 1 MB in float32 keeps a block in cache across the
+# few passes made over it, while the matmuls stay efficient.
+_BLOCK_ELEMENTS = 1 << 18
+# Up to this many (pixel, centre) pairs the per-pair derivatives are kept from the forward
+# pass (16 MB in float32) instead of being recomputed in the backward pass.
+_KEEP_ELEMENTS = 1 << 22
+
+# Squared distances below this count as zero for the hinge slope: the distance's gradient
+# (x - c) / |x - c| has no limit there, and the matmul form of |x - c|² carries rounding
+# noise of about 1e-7 * |x|², so a smaller floor would let noise pick the push direction.
+HINGE_SQ_FLOOR = 1e-6
+
+
+def _augment_points(points):
+    ones = torch.ones_like(points[:, :1])
+    return torch.cat([points, (points * points).sum(1, keepdim=True), ones], dim=1)
+
+
+def _augment_centers(centers, scale):
+    """Rows ``c'`` with ``[x, |x|², 1] · c' = scale * |x - c|²``."""
+    ones = torch.ones_like(centers[:, :1])
+    sq = (centers * centers).sum(1, keepdim=True)
+    return torch.cat([centers * (-2.0 * scale), ones * scale, sq * scale], dim=1)
+
+
+def _blocks(num_rows: int, num_centers: int):
+    step = max(1, _BLOCK_ELEMENTS // max(num_centers, 1))
+    return [(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
+
+
+def _column_sums(block):
+    # a matrix-vector product reads the block once and is faster than sum(0) on row-major data
+    return block.t() @ block.new_ones(block.shape[0])
+
+
+def _gauss(block, param):
+    """exp(-param d²) from the block ``-param d²``; the value doubles as derivative factor."""
+    value = block.clamp_(max=0.0).exp_()
+    return value, value
+
+
+def _hinge(block, margin):
+    """[margin - d]_+² from the block ``d²``, and the factor ``[margin - d]_+ / d`` (0 at d=0)."""
+    too_close = block <= HINGE_SQ_FLOOR
+    dist = block.clamp_(min=0.0).sqrt_()
+    gap = (margin - dist).clamp_(min=0.0)
+    factor = gap / dist.clamp_(min=HINGE_SQ_FLOOR ** 0.5)
+    return gap.square_(), factor.masked_fill_(too_close, 0.0)
+
+
+# profile -> (function, scale of the distance block, d(value)/d(d²) = multiplier * factor)
+_PROFILES = {
+    "gauss": (_gauss, lambda param: -param, lambda param: -param),
+    "hinge": (_hinge, lambda param: 1.0, lambda param: -1.0),
+}
+
+
+class _Grads:
+    """Accumulates the two gradients of ``|x - c|²`` sums over blocks of rows of ``points``."""
+
+    def __init__(self, points_aug, centers, needs):
+        self.points_aug, self.centers, self.dim = points_aug, centers, centers.shape[1]
+        self.points = torch.empty(points_aug.shape[0], self.dim, dtype=centers.dtype,
+                                  device=centers.device) if needs[0] else None
+        self.centers_ones = torch.cat([centers, torch.ones_like(centers[:, :1])], 1)
+        # wᵀ [x, |x|², 1]: columns :dim hold wᵀx, the last one sum_i w
+        self.per_center = points_aug.new_zeros(centers.shape[0], self.dim + 2) if needs[1] else None
+
+    def add(self, start, stop, weight):
+        if self.points is not None:
+            per_row = weight @ self.centers_ones  # [w c, sum_k w]
+            chunk = self.points_aug[start:stop, :self.dim]
+            torch.mul(chunk, per_row[:, -1:], out=self.points[start:stop])
+            self.points[start:stop] -= per_row[:, :-1]
+        if self.per_center is not None:
+            self.per_center.addmm_(weight.t(), self.points_aug[start:stop])
+
+    def result(self):
+        grad_points = self.points * 2.0 if self.points is not None else None
+        grad_centers = None
+        if self.per_center is not None:
+            weighted, weight_sum = self.per_center[:, :self.dim], self.per_center[:, -1:]
+            grad_centers = -2.0 * (weighted - self.centers * weight_sum)
+        return grad_points, grad_centers
+
+
+class _RadialSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, points, centers, kind, param):
+        profile, scale, multiplier = _PROFILES[kind]
+        points_aug = _augment_points(points)
+        centers_aug = _augment_centers(centers, scale(param))
+        blocks = _blocks(points.shape[0], centers.shape[0])
+        keep = points.shape[0] * centers.shape[0] <= _KEEP_ELEMENTS
+        sums = points.new_zeros(centers.shape[0])
+        factors = []
+        for start, stop in blocks:
+            value, factor = profile(points_aug[start:stop] @ centers_aug.t(), param)
+            if keep:
+                factors.append(factor)
+            sums += _column_sums(value)
+        ctx.profile, ctx.param, ctx.multiplier = profile, param, multiplier(param)
+        ctx.blocks, ctx.factors, ctx.centers_aug = blocks, factors, centers_aug
+        ctx.save_for_backward(points_aug, centers)
+        return sums
+
+    @staticmethod
+    def backward(ctx, grad_sums):
+        points_aug, centers = ctx.saved_tensors
+        grads = _Grads(points_aug, centers, ctx.needs_input_grad)
+        coefficient = grad_sums * ctx.multiplier
+        for index, (start, stop) in enumerate(ctx.blocks):
+            if ctx.factors:
+                factor = ctx.factors[index]
+            else:
+                _, factor = ctx.profile(points_aug[start:stop] @ ctx.centers_aug.t(), ctx.param)
+            grads.add(start, stop, factor * coefficient)
+        return (*grads.result(), None, None)
+
+
+def radial_sum(
+    points: torch.Tensor, centers: torch.Tensor, kind: str, param: float
+) -> torch.Tensor:
+    """Per centre, the sum over all points of a radial profile of their distance.
+
+    Parameters
+    ----------
+    points : torch.Tensor
+        ``(N, E)`` float.
+    centers : torch.Tensor
+        ``(K, E)`` float, same dtype and device.
+    kind : {"gauss", "hinge"}
+        ``"gauss"``: ``exp(-param * |x - c|²)``; ``"hinge"``: ``max(param - |x - c|, 0)²``.
+    param : float
+        Inverse squared scale for ``"gauss"``, margin for ``"hinge"``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(K,)``, differentiable with respect to ``points`` and ``centers``.
+    """
+    if kind not in _PROFILES:
+        raise ValueError(f"unknown radial profile {kind!r}; use one of {sorted(_PROFILES)}")
+    return _RadialSum.apply(points, centers, kind, float(param))
+
+
+class _KernelDice(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, points_f, anchor_rows, points_g, scale, eps):
+        aug_f, aug_g = _augment_points(points_f), _augment_points(points_g)
+        anchors_f = points_f[anchor_rows]
+        centers_f = _augment_centers(anchors_f, -scale)
+        centers_g = _augment_centers(points_g[anchor_rows], -scale)
+        blocks = _blocks(points_f.shape[0], anchor_rows.shape[0])
+        keep = points_f.shape[0] * anchor_rows.shape[0] <= _KEEP_ELEMENTS
+        sums = points_f.new_zeros(3, anchor_rows.shape[0])  # sum Sf Sg, sum Sf², sum Sg²
+        kept = []
+        for start, stop in blocks:
+            soft_f, soft_g = _soft_masks(aug_f, aug_g, centers_f, centers_g, start, stop)
+            sums[0] += _column_sums(soft_f * soft_g)
+            sums[1] += _column_sums(soft_f * soft_f)
+            sums[2] += _column_sums(soft_g * soft_g)
+            if keep:
+                kept.append((soft_f, soft_g))
+        denominator = sums[1] + sums[2] + eps
+        ctx.blocks, ctx.kept, ctx.scale = blocks, kept, scale
+        ctx.centers = (centers_f, centers_g)
+        ctx.save_for_backward(aug_f, aug_g, anchors_f, anchor_rows, sums[0], denominator)
+        return 1.0 - 2.0 * sums[0] / denominator
+
+    @staticmethod
+    def backward(ctx, grad_dice):
+        aug_f, aug_g, anchors_f, anchor_rows, overlap, denominator = ctx.saved_tensors
+        # L = 1 - 2 I / (P + Q + eps), I = sum Sf Sg, P = sum Sf², dSf/d(d²) = -scale Sf:
+        # dL/d(d²) = Sf (by_overlap Sg + by_square Sf)
+        by_overlap = 2.0 * ctx.scale * grad_dice / denominator
+        by_square = -4.0 * ctx.scale * grad_dice * overlap / denominator.square()
+        grads = _Grads(aug_f, anchors_f, (True, True))
+        for index, (start, stop) in enumerate(ctx.blocks):
+            if ctx.kept:
+                soft_f, soft_g = ctx.kept[index]
+            else:
+                soft_f, soft_g = _soft_masks(aug_f, aug_g, *ctx.centers, start, stop)
+            weight = soft_g * by_overlap
+            weight.addcmul_(soft_f, by_square).mul_(soft_f)
+            grads.add(start, stop, weight)
+        grad_points, grad_anchors = grads.result()
+        # the anchors are rows of points_f: their gradient lands on those rows
+        grad_points.index_add_(0, anchor_rows, grad_anchors)
+        return grad_points, None, None, None, None
+
+
+def _soft_masks(aug_f, aug_g, centers_f, centers_g, start, stop):
+    return [
+        (aug[start:stop] @ centers.t()).clamp_(max=0.0).exp_()
+        for aug, centers in ((aug_f, centers_f), (aug_g, centers_g))
+    ]
+
+
+def kernel_dice(points_f, anchor_rows, points_g, inv_two_sigma_sq, eps):
+    """Per anchor, the Dice loss between the Gaussian soft masks of f and of g.
+
+    Parameters
+    ----------
+    points_f, points_g : torch.Tensor
+        ``(N, E)`` embeddings of the pixels the masks cover, from f and from g.
+    anchor_rows : torch.Tensor
+        ``(A,)`` int64 rows of the anchor pixels; their f- and g-embeddings are the anchors.
+    inv_two_sigma_sq : float
+        ``1 / (2 sigma²)``; ``S(i) = exp(-|e_i - a|² / (2 sigma²))``.
+    eps : float
+        Added to the Dice denominator.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(A,)`` values ``1 - 2 sum Sf Sg / (sum Sf² + sum Sg² + eps)``; gradient flows to
+        ``points_f`` only (including through the anchors); g is a fixed target.
+    """
+    return _KernelDice.apply(points_f, anchor_rows, points_g.detach(),
+                             float(inv_two_sigma_sq), float(eps))
