@@ -1,0 +1,364 @@
+"""Checkpoint files: one atomic file per model, read back without executing any code.
+
+A checkpoint is a ``torch.save`` archive of a dictionary holding only plain Python values and
+tensors, so that ``torch.load(..., weights_only=True)`` reads it. Reading never falls back to
+full unpickling: a file that needs it is refused, which keeps a malicious download from running
+code on the user's machine.
+
+Keys written by :class:`~napari_spoco.core.training.Trainer` (``save_checkpoint`` itself only
+adds the first three):
+
+``format``, ``format_version``, ``versions``
+    The marker ``"napari-spoco-checkpoint"``, the layout version, and the napari-spoco, torch and
+    numpy versions that wrote the file.
+``architecture``
+    ``UNet.config`` of f (and of g, which has the same architecture).
+``model_state``, ``momentum_state``
+    ``state_dict`` of f and of its momentum copy g.
+``normalization``
+    ``Normalization.to_dict()`` of the statistics the network was trained with.
+``config``
+    ``TrainingConfig.to_dict()``: loss parameters, label mode, patch shape, lr, seed...
+``iteration``, ``optimizer_state``, ``scheduler_state``, ``rng_state``
+    What a resumed training needs to continue where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError
+
+FORMAT = "napari-spoco-checkpoint"
+FORMAT_VERSION = 1
+_PLAIN_SCALARS = (bool, str, int, float)
+
+
+def _versions() -> dict[str, str]:
+    from napari_spoco import __version__
+
+    return {"napari_spoco": __version__, "torch": str(torch.__version__), "numpy": np.__version__}
+
+
+def _to_plain(value: Any, where: str = "payload") -> Any:
+    """Return ``value`` with numpy values, paths and CUDA tensors turned into loadable types.
+
+    ``weights_only`` loading accepts dicts, lists, tuples, plain scalars and tensors only, so
+    anything else must be converted here or refused now, not discovered when reading back.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if value is None:
+        return value
+    for plain in _PLAIN_SCALARS:
+        # Exact types only: subclasses such as torch's TorchVersion (a str) are refused by
+        # weights_only loading, so they are converted to their plain base type.
+        if isinstance(value, plain):
+            return plain(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where} has a key of type {type(key).__name__}; use str or int")
+            out[key] = _to_plain(item, f"{where}[{key!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [_to_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return tuple(items) if isinstance(value, tuple) else items
+    raise TypeError(
+        f"{where} is a {type(value).__name__}; checkpoints hold only plain values and tensors"
+    )
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
+    """Write ``payload`` to ``path`` atomically, adding the format marker and package versions.
+
+    The archive is written to a temporary file in the same directory, flushed and fsynced, and
+    renamed over ``path``; a crash or Ctrl-C mid-write leaves the previous file intact.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Destination file (conventionally ``*.pt``). Parent directories are created.
+    payload : dict
+        Plain values (str, int, float, bool, None, lists, tuples, dicts) and tensors; numpy
+        arrays and scalars are converted. Tensors are moved to the CPU.
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+
+    Raises
+    ------
+    TypeError
+        If the payload holds an object that ``weights_only`` loading would refuse.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = _to_plain(dict(payload))
+    content.update(format=FORMAT, format_version=FORMAT_VERSION, versions=_versions())
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(content, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not possible (nor needed) on Windows.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Read a napari-spoco checkpoint with ``torch.load(weights_only=True)``.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The checkpoint file.
+    map_location : str, torch.device or callable
+        Where tensors are placed; the CPU by default.
+
+    Returns
+    -------
+    dict
+        The payload (see the module docstring for its keys).
+
+    Raises
+    ------
+    CheckpointError
+        If the file is missing, truncated or corrupt, not a napari-spoco checkpoint, carries
+        pickled objects that safe loading refuses (they are never executed), or was written by
+        a newer napari-spoco.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} does not exist; check the path or train a model first."
+        )
+    if path.is_dir():
+        raise CheckpointError(f"Checkpoint {str(path)!r} is a directory; give the .pt file.")
+    try:
+        content = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "global" not in str(err).lower():
+            # The unpickler met bytes that are no pickle at all: damage, not a payload.
+            raise _corrupt(path, err) from err
+        raise CheckpointError(
+            f"Refused to load {str(path)!r}: it contains Python objects that safe loading "
+            f"(weights_only=True) does not allow, so it is not a napari-spoco checkpoint. "
+            f"Nothing in it was executed. Only load checkpoints written by napari-spoco. "
+            f"(torch said: {_first_line(err)})"
+        ) from err
+    except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile, OSError) as err:
+        raise _corrupt(path, err) from err
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} is a PyTorch file but not a napari-spoco checkpoint (no "
+            f"{FORMAT!r} marker; a bare state_dict or another tool's checkpoint cannot be "
+            "used). Train with napari-spoco or load a checkpoint it wrote."
+        )
+    version = content.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        writer = content.get("versions", {}).get("napari_spoco", "unknown")
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} has format version {version!r}, written by napari-spoco "
+            f"{writer}; this napari-spoco reads up to version {FORMAT_VERSION}. "
+            "Update napari-spoco to load it."
+        )
+    missing = [key for key in ("architecture", "model_state") if key not in content]
+    if missing:
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} lacks {missing}; the file is incomplete. "
+            "Use another checkpoint or train again."
+        )
+    return content
+
+
+def _corrupt(path: Path, err: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"Cannot read checkpoint {str(path)!r}: the file is truncated or corrupt "
+        f"({type(err).__name__}: {_first_line(err) or 'unexpected end of data'}). "
+        "Use an intact copy, e.g. the last autosave, or train again."
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    # torch's weights_only message buries the useful line ("Unsupported global ...") below
+    # advice to set weights_only=False, which napari-spoco never does.
+    for line in lines:
+        if "global" in line.lower() or "unsupported" in line.lower():
+            return line.strip()
+    return lines[0].strip() if lines else ""
+
+
+def check_architecture(checkpoint: dict, architecture: dict, path: str = "checkpoint") -> None:
+    """Raise ``CheckpointError`` unless the checkpoint's architecture equals ``architecture``.
+
+    Parameters
+    ----------
+    checkpoint : dict
+        A payload from :func:`load_checkpoint`.
+    architecture : dict
+        The ``UNet.config`` the caller wants to load the weights into.
+    path : str
+        Shown in the message.
+    """
+    saved = dict(checkpoint["architecture"])
+    wanted = dict(architecture)
+    differences = [
+        f"{key}: checkpoint {_plain(saved.get(key))!r} vs wanted {_plain(wanted.get(key))!r}"
+        for key in sorted(set(saved) | set(wanted))
+        if _plain(saved.get(key)) != _plain(wanted.get(key))
+    ]
+    if differences:
+        raise CheckpointError(
+            f"The network in {path!r} has another architecture ({'; '.join(differences)}). "
+            "Load it without overriding the architecture, or train a new model."
+        )
+
+
+def _plain(value: Any) -> Any:
+    # Tuples come back as tuples and lists as lists; compare them as the same sequence.
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def load_state(model: torch.nn.Module, state: dict, path: str = "checkpoint") -> None:
+    """Load ``state`` into ``model`` strictly, turning mismatches into ``CheckpointError``."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"The weights in {path!r} do not fit the network ({_first_line(err)}); the "
+            "checkpoint was made for another architecture or is damaged."
+        ) from err
+
+
+@dataclass
+class LoadedModel:
+    """A trained network ready for prediction.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        f, in eval mode, on the requested device.
+    momentum_model : torch.nn.Module or None
+        g (the exponential moving average of f), in eval mode; ``None`` if the file has none.
+    normalization : Normalization
+        The input statistics f was trained with.
+    config : dict
+        ``TrainingConfig.to_dict()`` of the training run (loss parameters, label mode, ...).
+    architecture : dict
+        ``UNet.config``.
+    iteration : int
+        Optimizer steps done when the file was written.
+    path : pathlib.Path
+        The file it came from.
+    """
+
+    model: torch.nn.Module
+    momentum_model: torch.nn.Module | None
+    normalization: Any
+    config: dict
+    architecture: dict
+    iteration: int
+    path: Path
+
+
+def build_network(checkpoint: dict, state_key: str, path: str, device) -> torch.nn.Module:
+    """Build a ``UNet`` from the checkpoint's architecture and load ``checkpoint[state_key]``."""
+    from .unet import UNet
+
+    try:
+        network = UNet.from_config(dict(checkpoint["architecture"]))
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"The architecture stored in {path!r} cannot be built ({err}); the file was written "
+            "by an incompatible napari-spoco version or is damaged."
+        ) from err
+    load_state(network, checkpoint[state_key], path)
+    return network.to(device)
+
+
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu", architecture: dict | None = None
+) -> LoadedModel:
+    """Load f and g from a checkpoint for prediction.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The checkpoint file.
+    device : str or torch.device
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``...
+    architecture : dict, optional
+        If given, the ``UNet.config`` the caller expects; a checkpoint of another architecture
+        raises ``CheckpointError`` instead of loading.
+
+    Returns
+    -------
+    LoadedModel
+    """
+    from .devices import resolve_device
+    from .normalization import Normalization
+
+    device = resolve_device(device)
+    checkpoint = load_checkpoint(path)
+    name = str(path)
+    if architecture is not None:
+        check_architecture(checkpoint, architecture, name)
+    model = build_network(checkpoint, "model_state", name, device).eval()
+    momentum = None
+    if "momentum_state" in checkpoint:
+        momentum = build_network(checkpoint, "momentum_state", name, device).eval()
+        momentum.requires_grad_(False)
+    if "normalization" not in checkpoint:
+        raise CheckpointError(
+            f"Checkpoint {name!r} has no normalisation statistics; it is incomplete. "
+            "Use another checkpoint or train again."
+        )
+    return LoadedModel(
+        model=model,
+        momentum_model=momentum,
+        normalization=Normalization.from_dict(dict(checkpoint["normalization"])),
+        config=dict(checkpoint.get("config", {})),
+        architecture=dict(checkpoint["architecture"]),
+        iteration=int(checkpoint.get("iteration", 0)),
+        path=Path(path),
+    )

@@ -1,0 +1,121 @@
+"""``napari-spoco train``: from scratch, fine-tuning, resume, Ctrl-C and input errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_spoco.cli import main
+from napari_spoco.core.checkpoint import load_checkpoint
+from napari_spoco.core.io import write_array
+from napari_spoco.core.training import Trainer
+
+TINY = ["--features", "8", "16", "--batch-size", "1", "--iterations", "2", "--device", "cpu",
+        "--no-progress"]
+
+
+def blobs(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    image = (rng.normal(size=shape) * 10 + 100).astype(np.float32)
+    labels = np.zeros(shape, np.uint16)
+    for obj, start in enumerate((4, 20), start=1):
+        region = (..., slice(start, start + 10), slice(start, start + 10))
+        labels[region] = obj
+        image[region] += 50
+    return image, labels
+
+
+@pytest.fixture
+def files_2d(tmp_path):
+    image, labels = blobs((40, 40))
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "lab.tif", labels)
+    return tmp_path / "img.tif", tmp_path / "lab.tif"
+
+
+@pytest.fixture
+def files_3d(tmp_path):
+    image, labels = blobs((6, 36, 36), seed=1)
+    write_array(tmp_path / "vol.npy", image)
+    write_array(tmp_path / "vol_labels.zarr", labels)
+    return tmp_path / "vol.npy", tmp_path / "vol_labels.zarr"
+
+
+def train(*args):
+    return main(["train", *map(str, args)])
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_train_from_scratch_then_fine_tune_its_checkpoint(ndim, files_2d, files_3d, tmp_path):
+    image, labels = files_2d if ndim == 2 else files_3d
+    patch = ["32", "32"] if ndim == 2 else ["4", "32", "32"]
+    model = tmp_path / f"model{ndim}.pt"
+    assert train("--image", image, "--labels", labels, "--out", model, "--patch-shape",
+                 *patch, "--lr", "1e-3", *TINY) == 0
+    saved = load_checkpoint(model)
+    assert saved["iteration"] == 2 and saved["architecture"]["ndim"] == ndim
+    assert saved["architecture"]["features"] == [8, 16]
+    assert saved["config"]["patch_shape"] == [int(p) for p in patch]
+
+    tuned = tmp_path / f"tuned{ndim}.pt"
+    assert train("--source", model, "--image", image, "--labels", labels, "--out", tuned,
+                 "--patch-shape", *patch, *TINY) == 0
+    fine = load_checkpoint(tuned)
+    assert fine["iteration"] == 2 and fine["source"] == str(model)
+    assert fine["config"]["lr"] == pytest.approx(1e-4)
+    assert fine["optimizer_state"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+
+
+def test_several_pairs_resume_and_fraction(files_2d, tmp_path):
+    image, labels = files_2d
+    model = tmp_path / "m.pt"
+    assert train("--image", image, "--labels", labels, "--image", image, "--labels", labels,
+                 "--out", model, "--fraction", "0.5", *TINY) == 0
+    assert train("--resume", model, "--image", image, "--labels", labels,
+                 "--iterations", "3", "--device", "cpu", "--no-progress") == 0
+    assert load_checkpoint(model)["iteration"] == 3
+
+
+def test_ctrl_c_saves_the_checkpoint(files_2d, tmp_path, monkeypatch, capsys):
+    image, labels = files_2d
+    real_step = Trainer._step
+
+    def interrupted_second_step(self):
+        if self.iteration == 1:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "_step", interrupted_second_step)
+    model = tmp_path / "interrupted.pt"
+    assert train("--image", image, "--labels", labels, "--out", model, *TINY) == 130
+    assert load_checkpoint(model)["iteration"] == 1
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case, message", [
+    ("counts", "one --labels after each --image"),
+    ("no_labels", "No labeled pixel"),
+    ("no_out", "--out"),
+    ("2d_model_3d_data", "2D"),
+])
+def test_input_errors_exit_2_with_a_message(case, message, files_2d, files_3d, tmp_path,
+                                            capsys):
+    image, labels = files_2d
+    args = ["--image", image, "--labels", labels, "--out", tmp_path / "x.pt", *TINY]
+    if case == "counts":
+        args = ["--image", image, *args]
+    elif case == "no_labels":
+        args += ["--fraction", "0"]
+    elif case == "no_out":
+        args.remove("--out")
+        args.remove(tmp_path / "x.pt")
+    else:
+        model = tmp_path / "m2d.pt"
+        assert train(*args[:4], "--out", model, *TINY) == 0
+        capsys.readouterr()
+        args = ["--source", model, "--image", files_3d[0], "--labels", files_3d[1],
+                "--out", tmp_path / "y.pt", *TINY]
+    assert train(*args) == 2
+    err = capsys.readouterr().err
+    assert "napari-spoco train: error:" in err and message in err
