@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .adversarial import Critic, WganGp, default_crop_shape, kernel_scale, object_masks
 from .checkpoint import check_architecture, load_checkpoint, load_state, save_checkpoint
 from .data import TrainingData
 from .devices import resolve_device
@@ -53,7 +54,8 @@ class TrainingReport:
     loss : float
         Weighted total loss of this step.
     terms : dict of str to float
-        Unweighted loss terms ``pull push reg obj u_push u_con``.
+        Unweighted loss terms ``pull push reg obj u_push u_con``, plus ``adv`` (generator term
+        -E[D(fake)]) and ``critic`` (critic loss) when the adversarial term is on.
     smoothed_loss : float
         Exponential average of the total loss (what the lr schedule watches).
     lr : float
@@ -154,6 +156,9 @@ class Trainer:
             # Seeding inside a fork keeps the caller's global RNG untouched.
             torch.manual_seed(config.seed)
             self.model = UNet.from_config(config.architecture)
+            # drawn after f's weights, so enabling the critic leaves f's initialisation as it was
+            critic = None if config.adversarial is None else Critic(
+                config.ndim, config.adversarial.features)
         if source_ckpt is not None:
             load_state(self.model, source_ckpt["model_state"], str(source))
         self.momentum_model = make_momentum_copy(self.model)
@@ -163,6 +168,8 @@ class Trainer:
         self.momentum_model.to(self.device)
 
         self.loss_fn = SpocoLoss(**config.loss_kwargs())
+        self.adversarial = None if critic is None else WganGp(
+            critic.to(self.device), config.adversarial, seed=config.seed + 1)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
@@ -248,6 +255,8 @@ class Trainer:
                 f"{path!r} holds a model but not a resumable training state ({err}); fine-tune "
                 "from it as a source model instead of resuming."
             ) from err
+        if self.adversarial is not None and "adversarial_state" in checkpoint:
+            self.adversarial.load_state_dict(dict(checkpoint["adversarial_state"]))
         self.iteration = int(checkpoint["iteration"])
         tracker = checkpoint.get("loss_tracker", {})
         for name in ("loss_avg", "time_avg", "count"):
@@ -368,6 +377,8 @@ class Trainer:
             with torch.no_grad():
                 emb_g = self.momentum_model(x_g)
             total, terms = self.loss_fn(emb_f, emb_g, labels, generator=self.loss_generator)
+            if self.adversarial is not None:
+                total, terms = self._add_adversarial(emb_f, labels, total, terms)
             values = torch.stack([total.detach(), *(t.detach() for t in terms.values())])
             values = values.cpu().tolist()
             if not all(map(math.isfinite, values)):
@@ -398,6 +409,31 @@ class Trainer:
                 device=str(self.device),
             )
 
+    def _add_adversarial(self, emb_f, labels, total, terms):
+        """Train the critic on this step's masks; add zeta * (-E[D(fake)]) after the warm-up.
+
+        Reports the unweighted generator term ``adv`` and the critic loss ``critic`` (with its
+        gradient penalty) of the last critic iteration; both are 0 for a batch without objects.
+        """
+        settings, loss = self.config.adversarial, self.config.loss
+        fake, real = object_masks(
+            emb_f, labels, kernel_scale(loss.delta_v, loss.kernel_threshold),
+            background_id=self.config.background_id,
+            ignore_id=self.config.ignore_id, max_objects=settings.max_objects,
+            crop_shape=settings.crop_shape or default_crop_shape(self.config.ndim),
+            generator=self.adversarial.generator,
+        )
+        if fake.shape[0] == 0:
+            zero = total.detach() * 0
+            return total, {**terms, "adv": zero, "critic": zero}
+        critic_loss = self.adversarial.train_critic(real, fake)
+        active = self.iteration >= settings.warmup_iterations and settings.weight > 0
+        with torch.set_grad_enabled(active):
+            adv = self.adversarial.generator_loss(fake if active else fake.detach())
+        if active:
+            total = total + settings.weight * adv
+        return total, {**terms, "adv": adv, "critic": total.new_tensor(critic_loss)}
+
     # -- saving -------------------------------------------------------------------------------
 
     def checkpoint_payload(self) -> dict:
@@ -423,6 +459,8 @@ class Trainer:
                     "count": self._tracker.count,
                 },
                 "source": None if self.source is None else os.fspath(self.source),
+                **({} if self.adversarial is None
+                   else {"adversarial_state": self.adversarial.state_dict()}),
             }
 
     def save(self, path) -> Path:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .adversarial import AdversarialSettings
 from .errors import SpocoInputError
 
 DEFAULT_LR = 2e-4
@@ -95,6 +96,9 @@ class TrainingConfig:
         Save to the autosave path at least this often (crash safety); None: never by time.
     autosave_iterations : int or None
         Also save every this many steps; None: never by count.
+    adversarial : AdversarialSettings or None
+        The optional WGAN-GP critic term (appendix A.1, see ``core/adversarial.py``); None (the
+        default, and what checkpoints without this key load as) switches it off.
     """
 
     ndim: int | None = None
@@ -127,10 +131,13 @@ class TrainingConfig:
     device: str = "auto"
     autosave_seconds: float | None = 60.0
     autosave_iterations: int | None = None
+    adversarial: AdversarialSettings | None = None
 
     def __post_init__(self):
         if isinstance(self.loss, dict):
             self.loss = _build(LossSettings, self.loss, "loss")
+        if isinstance(self.adversarial, dict):
+            self.adversarial = _build(AdversarialSettings, self.adversarial, "adversarial")
         self.features = tuple(int(f) for f in self.features)
         if self.patch_shape is not None:
             self.patch_shape = tuple(int(s) for s in self.patch_shape)
