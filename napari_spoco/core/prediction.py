@@ -5,8 +5,9 @@ slicing), normalised with the checkpoint's global statistics, and run through th
 batches. Tile outputs are weighted by normalised separable windows (see :mod:`.tiling`) and
 added into the output, which may be a zarr array: then nothing of image size is ever held in
 memory. Blending makes the result independent of the tiling once the overlap covers the
-network's context; a network with group norm normalises with each tile's own statistics, so its
-tiled result differs from a whole-image pass (docs/method.md, "Prediction", has figures).
+network's context. Group norm, which normalises each input with its own statistics, is first
+frozen to image-wide statistics (:mod:`.frozen_norm`) so that tiles agree (docs/method.md,
+"Prediction").
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from .devices import resolve_device
 from .errors import SpocoInputError
+from .frozen_norm import CALIBRATION_TILES, calibration_regions, freeze_group_norm, has_group_norm
 from .tiling import TileLayout, plan_tiles, window
 
 #: Default tile and overlap per spatial dimensionality. 2D: 512² with 1/8 overlap. 3D: thin in z
@@ -141,6 +143,9 @@ def predict_embeddings(
     progress: ProgressCallback | None = None,
     cancel=None,
     dtype=np.float32,
+    groupnorm: str = "image",
+    calibration_tile_shape=None,
+    calibration_tiles: int = CALIBRATION_TILES,
 ):
     """Predict pixel embeddings ``(E, *spatial)`` for a 2D or 3D image of any size.
 
@@ -161,7 +166,7 @@ def predict_embeddings(
         Tile shape and overlap of neighbouring tiles, per spatial axis. Defaults: 512² with
         overlap 64 in 2D, (32, 128, 128) with overlap (8, 32, 32) in 3D, clipped to the image.
         Tiles agree exactly with a whole-image prediction when a quarter of the overlap is at
-        least half the network's receptive field (and the network has no group norm).
+        least half the network's receptive field (group norm frozen, see ``groupnorm``).
     batch_size : int, optional
         Tiles per forward pass; default 1 on the CPU, 4 (2D) or 2 (3D) on accelerators.
     device : str or torch.device
@@ -176,6 +181,14 @@ def predict_embeddings(
         as ``lambda: worker.abort_requested``); when true, prediction stops.
     dtype : numpy dtype
         Dtype of the output when ``out`` is None.
+    groupnorm : {"image", "tile"}
+        For a network with group norm that needs more than one tile: "image" freezes its
+        statistics image-wide first (:func:`frozen_network`), so the result does not depend on
+        the tiling; "tile" normalises each tile with its own statistics (tiles disagree). With
+        one tile both give the network's own output on the whole image.
+    calibration_tile_shape, calibration_tiles : optional
+        With ``groupnorm="image"``: shape (default: the default tile, clipped to the image) and
+        most number of the calibration tiles, run as one batch.
 
     Returns
     -------
@@ -208,6 +221,8 @@ def predict_embeddings(
         batch_size = 1 if device.type == "cpu" else ACCELERATOR_BATCH[ndim]
     if int(batch_size) < 1:
         raise SpocoInputError(f"batch_size must be at least 1, got {batch_size}.")
+    if groupnorm not in ("image", "tile"):
+        raise SpocoInputError(f"groupnorm must be 'image' or 'tile', got {groupnorm!r}.")
     multiple = getattr(model, "required_multiple", (1,) * ndim)
     layout = plan_tiles(
         spatial_shape,
@@ -220,7 +235,12 @@ def predict_embeddings(
     if out_channels is not None:
         out = _prepare_out(out, int(out_channels), spatial_shape, dtype)
 
-    network = _network_for_inference(model, device)
+    if groupnorm == "image" and total > 1 and has_group_norm(model):
+        network = frozen_network(model, image, normalization, channel_axis=channel_axis,
+                                 device=device, calibration_tile_shape=calibration_tile_shape,
+                                 calibration_tiles=calibration_tiles)
+    else:
+        network = _network_for_inference(model, device)
     done = 0
     with torch.inference_mode():
         for batch in _batches(layout, int(batch_size)):
@@ -261,6 +281,61 @@ def _network_for_inference(model: torch.nn.Module, device: torch.device) -> torc
     return copy.deepcopy(model).to(device).eval()
 
 
+def frozen_network(
+    model: torch.nn.Module,
+    image,
+    normalization=None,
+    *,
+    channel_axis: int | None = None,
+    device: str | torch.device | None = "auto",
+    calibration_tile_shape=None,
+    calibration_tiles: int = CALIBRATION_TILES,
+    method: str = "sequential",
+) -> torch.nn.Module:
+    """The network ``predict_embeddings(groupnorm="image")`` tiles with: group norm frozen.
+
+    Up to ``calibration_tiles`` tiles spread over ``image`` (see
+    :func:`.frozen_norm.calibration_regions`) are read and normalised like prediction tiles and
+    run as one batch; each group norm is replaced by a ``FrozenGroupNorm`` holding the pooled
+    statistics (:func:`.frozen_norm.freeze_group_norm`). ``model`` is not modified.
+
+    Parameters
+    ----------
+    model, image, normalization, channel_axis, device
+        As for :func:`predict_embeddings`.
+    calibration_tile_shape : int or sequence of int, optional
+        Calibration tile shape; default the default prediction tile, clipped to the image (so
+        an image that fits in it calibrates on itself and the frozen network reproduces the
+        live network on the whole image).
+    calibration_tiles : int
+        Most calibration tiles (memory: they form one batch).
+    method : {"sequential", "live"}
+        Passed to :func:`.frozen_norm.freeze_group_norm`.
+
+    Returns
+    -------
+    torch.nn.Module
+        An eval-mode copy on ``device`` without ``nn.GroupNorm``.
+    """
+    shape = tuple(int(s) for s in image.shape)
+    ndim = model_ndim(model, len(shape), channel_axis)
+    channel_axis = _check_layout(shape, ndim, channel_axis)
+    spatial_shape = tuple(s for a, s in enumerate(shape) if a != channel_axis)
+    device = resolve_device(device)
+    if int(calibration_tiles) < 1:
+        raise SpocoInputError(f"calibration_tiles must be at least 1, got {calibration_tiles}.")
+    regions = calibration_regions(
+        spatial_shape,
+        DEFAULT_TILE[ndim] if calibration_tile_shape is None else calibration_tile_shape,
+        getattr(model, "required_multiple", (1,) * ndim),
+        int(calibration_tiles),
+    )
+    batch = np.stack([_read_tile(image, spatial, channel_axis, normalization)
+                      for spatial in regions])
+    network = _network_for_inference(model, device)
+    return freeze_group_norm(network, torch.from_numpy(batch).to(device), method=method)
+
+
 def predict_from_checkpoint(path, image, *, device="auto", momentum=False, **kwargs):
     """Load a checkpoint and predict embeddings of ``image`` with its network.
 
@@ -275,7 +350,8 @@ def predict_from_checkpoint(path, image, *, device="auto", momentum=False, **kwa
     momentum : bool
         Use the momentum network g instead of f.
     **kwargs
-        Passed to :func:`predict_embeddings` (``channel_axis``, ``tile_shape``, ``out``...).
+        Passed to :func:`predict_embeddings` (``channel_axis``, ``tile_shape``, ``out``,
+        ``groupnorm``...).
 
     Returns
     -------
@@ -329,7 +405,7 @@ def predict_augmented_view(
     anisotropic : bool
         3D only: blur in-plane only.
     **kwargs
-        Passed to :func:`predict_embeddings` (``tile_shape``, ``device``, ``progress``...).
+        Passed to :func:`predict_embeddings` (``tile_shape``, ``device``, ``groupnorm``...).
 
     Returns
     -------
