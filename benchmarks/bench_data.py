@@ -16,8 +16,6 @@ with and without elastic deformation. Run:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,19 +25,11 @@ import torch
 from napari_spoco.core.data import TrainingData
 from napari_spoco.core.sampling import subsample_objects
 from napari_spoco.core.unet import UNet
+from timing import median_time
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "stardist"
 
 
-def median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def cases():

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
 from napari_spoco.core.loss import SpocoLoss
+from timing import median_time
 
 BATCH, SIZE, EMB = 2, 256, 16
 
@@ -41,15 +40,6 @@ def voronoi_labels(num_objects: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).long()
 
 
-def median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def loss_step(loss, emb_f, emb_g, labels, seed=0):

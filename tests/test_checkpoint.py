@@ -173,3 +173,11 @@ def test_architecture_mismatch(trained):
         load_state(UNet(features=(8, 32)), load_checkpoint(path)["model_state"], str(path))
     # the architecture it was saved with loads fine
     assert load_model(path, architecture=trainer.model.config).iteration == 3
+
+
+def test_saved_checkpoint_has_ordinary_file_permissions(tmp_path):
+    # mkstemp's 0600 would make checkpoints saved to a shared folder unreadable for colleagues
+    path = save_checkpoint(tmp_path / "perm.pt", {"weights": torch.zeros(2)})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -119,6 +119,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
             torch.save(content, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp creates the file 0600; give the checkpoint the permissions of a normal file
+        os.chmod(tmp_name, 0o666 & ~_current_umask())
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):
@@ -126,6 +128,12 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it and restore it
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(directory: Path) -> None:

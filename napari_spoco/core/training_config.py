@@ -11,6 +11,7 @@ import numpy as np
 
 from .adversarial import AdversarialSettings
 from .errors import SpocoInputError
+from .unet import architecture_config
 
 DEFAULT_LR = 2e-4
 #: Fine-tuning divides the source network's initial learning rate by this (paper, Sec. 4).
@@ -182,15 +183,7 @@ class TrainingConfig:
     @property
     def architecture(self) -> dict:
         """The ``UNet.config`` these settings describe (needs ``ndim`` and ``in_channels``)."""
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "ndim": self.ndim,
-            "features": list(self.features),
-            "norm": self.norm,
-            "num_groups": self.num_groups,
-            "anisotropic_levels": self.anisotropic_levels,
-        }
+        return architecture_config(self)
 
     def use_architecture(self, architecture: dict) -> None:
         """Overwrite the network settings with a ``UNet.config`` (e.g. a source model's)."""

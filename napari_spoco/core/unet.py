@@ -45,6 +45,22 @@ class ConvBlock(nn.Sequential):
         super().__init__(*layers)
 
 
+ARCHITECTURE_KEYS = (
+    "in_channels", "out_channels", "ndim", "features", "norm", "num_groups", "anisotropic_levels",
+)
+
+
+def architecture_config(settings) -> dict:
+    """The JSON-able :attr:`UNet.config` of any object with the architecture attributes.
+
+    Used by :class:`UNet` itself and by ``TrainingConfig.architecture``, so the two can never
+    disagree about what describes a network.
+    """
+    config = {key: getattr(settings, key) for key in ARCHITECTURE_KEYS}
+    config["features"] = list(config["features"])
+    return config
+
+
 class UNet(nn.Module):
     """U-Net that maps an image ``(B, C, [Z,] Y, X)`` to embeddings ``(B, E, [Z,] Y, X)``.
 
@@ -126,15 +142,7 @@ class UNet(nn.Module):
     @property
     def config(self) -> dict:
         """Everything needed to rebuild this network, as a JSON-able dict."""
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "ndim": self.ndim,
-            "features": list(self.features),
-            "norm": self.norm,
-            "num_groups": self.num_groups,
-            "anisotropic_levels": self.anisotropic_levels,
-        }
+        return architecture_config(self)
 
     @classmethod
     def from_config(cls, config: dict) -> UNet:
@@ -145,8 +153,7 @@ class UNet(nn.Module):
         SpocoInputError
             If ``config`` has keys this version does not know or invalid values.
         """
-        known = {"in_channels", "out_channels", "ndim", "features", "norm", "num_groups",
-                 "anisotropic_levels"}
+        known = set(ARCHITECTURE_KEYS)
         unknown = set(config) - known
         if unknown:
             raise SpocoInputError(
