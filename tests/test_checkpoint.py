@@ -181,3 +181,11 @@ def test_saved_checkpoint_has_ordinary_file_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("content", [b"\x80", b"not a checkpoint at all", bytes(range(256)) * 4])
+def test_arbitrary_bytes_give_a_checkpoint_error(tmp_path, content):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)

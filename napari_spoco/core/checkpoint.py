@@ -191,7 +191,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
             f"Nothing in it was executed. Only load checkpoints written by napari-spoco. "
             f"(torch said: {_first_line(err)})"
         ) from err
-    except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile, OSError) as err:
+    except (RuntimeError, EOFError, KeyError, IndexError, ValueError, zipfile.BadZipFile,
+            OSError) as err:  # torch.load raises IndexError on some arbitrary bytes
         raise _corrupt(path, err) from err
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise CheckpointError(

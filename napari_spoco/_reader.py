@@ -1,0 +1,81 @@
+"""npe2 reader for napari-spoco checkpoints: dropping a ``.pt`` file loads it as the model.
+
+A checkpoint holds a network, not an image, so the reader returns napari's "nothing to add"
+sentinel ``[(None,)]`` after handing the checkpoint to the SPOCO dock widget (opening the dock
+when it is not open yet). A file that is not a napari-spoco checkpoint gives a notification that
+says so, instead of napari's generic "no reader" error.
+"""
+
+from __future__ import annotations
+
+import os
+
+SUFFIXES = (".pt", ".pth")
+DOCK_WIDGET = "SPOCO"
+PLUGIN = "napari-spoco"
+
+
+def get_reader(path):
+    """Return :func:`read_checkpoint` for a single ``.pt``/``.pth`` path, else None."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    if not str(path).lower().endswith(SUFFIXES) or not os.path.isfile(path):
+        return None
+    return read_checkpoint
+
+
+def read_checkpoint(path):
+    """Validate the checkpoint, make it the current model, and add no layer.
+
+    Returns
+    -------
+    list
+        ``[(None,)]``, napari's marker for "read successfully, nothing to show".
+    """
+    from napari_spoco.core.checkpoint import load_checkpoint
+    from napari_spoco.core.errors import CheckpointError
+    from napari_spoco.widgets._session import dropped_models
+    from napari_spoco.widgets.notifications import notify_error, notify_info
+
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    try:
+        load_checkpoint(path)
+    except CheckpointError as err:
+        notify_error(err, f"opening {os.path.basename(path)}")
+        return [(None,)]
+    except Exception as err:  # torch's loaders raise many kinds for foreign bytes
+        notify_error(CheckpointError(
+            f"Cannot open {os.path.basename(path)!r} as a model: it is not a napari-spoco "
+            f"checkpoint ({type(err).__name__}: {err}). Drop a .pt file written by "
+            "napari-spoco training."), f"opening {os.path.basename(path)}")
+        return [(None,)]
+    _ensure_dock_widget()
+    dropped_models.offer(path)
+    notify_info(f"Loaded model {os.path.basename(path)}: it is now the model to fine-tune "
+                "and to segment with.")
+    return [(None,)]
+
+
+def _ensure_dock_widget() -> None:
+    # The reader has no viewer argument; the current viewer is the one the file was dropped on.
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except ImportError:  # pragma: no cover - napari is a dependency
+        return
+    if viewer is None or getattr(viewer, "window", None) is None:
+        return
+    from napari_spoco.widgets import SpocoWidget
+
+    if any(isinstance(w, SpocoWidget) for w in _dock_contents(viewer)):
+        return
+    viewer.window.add_plugin_dock_widget(PLUGIN, DOCK_WIDGET)
+
+
+def _dock_contents(viewer):
+    docks = getattr(viewer.window, "dock_widgets", None) or {}
+    return list(docks.values()) if hasattr(docks, "values") else []

@@ -1,0 +1,61 @@
+"""Choosing how embeddings become instances: the method and its few parameters."""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox, QWidget
+
+#: Methods offered, and the parameters each one shows: (name, label, kind, default, range).
+METHODS = {
+    "mws": ("mutex watershed (fast)", [("min_size", "min object size", int, 0, (0, 10**7))]),
+    "hdbscan": ("HDBSCAN", [("min_cluster_size", "min cluster size", int, 50, (2, 10**7)),
+                            ("min_size", "min object size", int, 0, (0, 10**7))]),
+    "meanshift": ("mean-shift", [("min_size", "min object size", int, 0, (0, 10**7))]),
+}
+
+
+class ClusteringForm(QWidget):
+    """A method combo and the parameters of the chosen method."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.method_combo = QComboBox()
+        for key, (title, _) in METHODS.items():
+            self.method_combo.addItem(title, key)
+        self.method_combo.setToolTip("Mutex watershed is the default: fast and parameter-free")
+        self._fields = {}
+        self._layout = QFormLayout(self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+        self._layout.addRow("clustering", self.method_combo)
+        for key, (_, params) in METHODS.items():
+            for name, label, kind, default, (low, high) in params:
+                spin = QSpinBox() if kind is int else QDoubleSpinBox()
+                spin.setRange(low, high)
+                spin.setValue(default)
+                self._fields[(key, name)] = spin
+                self._layout.addRow(label, spin)
+        self.merge_check = QCheckBox("merge clusters closer than δd")
+        self.merge_check.setToolTip("Join clusters whose mean embeddings are closer than the "
+                                    "push margin (fixes objects split in two)")
+        self._layout.addRow("", self.merge_check)
+        self.method_combo.currentIndexChanged.connect(self._show_fields)
+        self._show_fields()
+
+    @property
+    def method(self) -> str:
+        return self.method_combo.currentData()
+
+    def set_method(self, key: str) -> None:
+        self.method_combo.setCurrentIndex(self.method_combo.findData(key))
+
+    def _show_fields(self, *args):
+        for (key, _), spin in self._fields.items():
+            self._layout.setRowVisible(spin, key == self.method)
+
+    def method_and_params(self) -> tuple[str, dict]:
+        """The chosen method and its parameter values."""
+        method = self.method
+        params = {name: spin.value() for (key, name), spin in self._fields.items()
+                  if key == method}
+        if self.merge_check.isChecked():
+            params["merge"] = True
+        return method, params

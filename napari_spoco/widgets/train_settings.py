@@ -1,0 +1,262 @@
+"""The form of the Train tab: source model, labels, schedule, patch, device, advanced settings.
+
+It only turns widget values into a :class:`~napari_spoco.core.training.TrainingConfig`; running
+the training is :mod:`.train_widget`'s job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from napari_spoco.core.devices import available_devices
+from napari_spoco.core.errors import SpocoInputError
+from napari_spoco.core.training import LossSettings, TrainingConfig
+
+from ._logic import default_learning_rate, default_patch_and_batch
+
+FROM_SCRATCH = "from scratch"
+CHOOSE_FILE = "choose a file…"
+
+
+def shipped_models() -> list[tuple[str, Path, str]]:
+    """``(name, path, description)`` of the installed models of ``napari_spoco.models``."""
+    try:
+        from napari_spoco.models import available_models
+    except ImportError:  # pragma: no cover - the registry ships with the package
+        return []
+    return [(info.name, info.path, info.description) for info in available_models()]
+
+
+def parse_ints(text: str, what: str, count: int | None = None) -> tuple[int, ...]:
+    """``"128, 128"`` → ``(128, 128)``, or ``SpocoInputError`` saying what is expected."""
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").replace("×", ",").split(",")
+                       if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1 or (count is not None and len(values) != count):
+        n = f"{count} " if count is not None else ""
+        raise SpocoInputError(
+            f"{what} must be {n}positive integers separated by commas (e.g. "
+            f"{', '.join(['128'] * (count or 2))}), got {text!r}."
+        )
+    return values
+
+
+def _spin(low, high, value, decimals=None, step=None, tip=""):
+    spin = QDoubleSpinBox() if decimals is not None else QSpinBox()
+    if decimals is not None:
+        spin.setDecimals(decimals)
+    spin.setRange(low, high)
+    if step is not None:
+        spin.setSingleStep(step)
+    spin.setValue(value)
+    spin.setToolTip(tip)
+    return spin
+
+
+class TrainSettings(QWidget):
+    """All inputs of a training run; :meth:`config` validates and collects them."""
+
+    source_changed = Signal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.source_combo = QComboBox()
+        self.source_combo.setToolTip(
+            "Fine-tune a trained model (few annotated objects suffice) or train from scratch")
+        self.source_combo.addItem(FROM_SCRATCH, None)
+        for name, path, description in shipped_models():
+            self.source_combo.addItem(f"shipped: {name}", str(path))
+            self.source_combo.setItemData(self.source_combo.count() - 1, description,
+                                          Qt.ItemDataRole.ToolTipRole)
+        self.source_combo.addItem(CHOOSE_FILE, CHOOSE_FILE)
+        self.mode_combo = QComboBox()
+        self.mode_combo.addItems(["sparse", "dense"])
+        self.mode_combo.setToolTip(
+            "sparse: 0 = not annotated (default). dense: every object is painted, 0 = background")
+        self.iterations_spin = _spin(1, 10_000_000, 1000, tip="Optimizer steps")
+        self.lr_spin = _spin(1e-7, 1.0, default_learning_rate(False), decimals=7, step=1e-5,
+                             tip="Adam learning rate; fine-tuning defaults to a tenth")
+        self.patch_edit = QLineEdit("128, 128")
+        self.patch_edit.setToolTip("Training patch size per axis ([Z,] Y, X)")
+        self.batch_spin = _spin(1, 1024, 4, tip="Patches per optimizer step")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", *available_devices()])
+        self.save_edit = QLineEdit(str(Path.home() / "napari-spoco" / "model.pt"))
+        self.save_edit.setToolTip("Checkpoint written (atomically) when training stops or ends, "
+                                  "and every minute while it runs")
+        save_button = QPushButton("…")
+        save_button.setFixedWidth(28)
+        save_button.clicked.connect(self._choose_save_path)
+        self.preview_check = QCheckBox("live preview every")
+        self.preview_check.setChecked(True)
+        self.preview_spin = _spin(0.5, 600.0, 3.0, decimals=1, step=0.5,
+                                  tip="Seconds between previews of the visible region")
+        self.preview_spin.setSuffix(" s")
+
+        form = QFormLayout()
+        form.addRow("source model", self.source_combo)
+        form.addRow("labels", self.mode_combo)
+        form.addRow("iterations", self.iterations_spin)
+        form.addRow("learning rate", self.lr_spin)
+        form.addRow("patch size", self.patch_edit)
+        form.addRow("batch size", self.batch_spin)
+        form.addRow("device", self.device_combo)
+        save_row = QHBoxLayout()
+        save_row.addWidget(self.save_edit)
+        save_row.addWidget(save_button)
+        form.addRow("save to", save_row)
+        preview_row = QHBoxLayout()
+        preview_row.addWidget(self.preview_check)
+        preview_row.addWidget(self.preview_spin)
+        form.addRow(preview_row)
+
+        self.advanced = QCollapsible("Advanced")
+        advanced = QWidget()
+        advanced_form = QFormLayout(advanced)
+        self.features_edit = QLineEdit("16, 32, 64, 128")
+        self.features_edit.setToolTip("U-Net channels per level (from scratch only)")
+        self.embedding_spin = _spin(2, 128, 16, tip="Embedding dimension E")
+        self.anisotropic_spin = _spin(0, 5, 0, tip="3D: poolings that keep z (thin-slice stacks)")
+        loss = LossSettings()
+        self.delta_v_spin = _spin(0.01, 10.0, loss.delta_v, decimals=2, step=0.1,
+                                  tip="Pull margin δv")
+        self.delta_d_spin = _spin(0.01, 20.0, loss.delta_d, decimals=2, step=0.1,
+                                  tip="Push margin δd")
+        self.w_upush_spin = _spin(0.0, 100.0, loss.w_upush, decimals=2, step=0.1,
+                                  tip="Weight of pushing unlabeled pixels from objects")
+        self.w_ucon_spin = _spin(0.0, 100.0, loss.w_ucon, decimals=2, step=0.1,
+                                 tip="Weight of the consistency term on unlabeled pixels")
+        self.momentum_spin = _spin(0.0, 0.99999, 0.999, decimals=5, step=0.0005,
+                                   tip="Momentum m of the network g")
+        self.augment_check = QCheckBox("augment")
+        self.augment_check.setChecked(True)
+        self.seed_spin = _spin(0, 2**31 - 1, 0, tip="Seed of weights, sampling and augmentation")
+        for label, widget in (("features", self.features_edit),
+                              ("embedding dims", self.embedding_spin),
+                              ("anisotropic levels", self.anisotropic_spin),
+                              ("δv (pull)", self.delta_v_spin), ("δd (push)", self.delta_d_spin),
+                              ("w unlabeled push", self.w_upush_spin),
+                              ("w consistency", self.w_ucon_spin),
+                              ("momentum", self.momentum_spin), ("seed", self.seed_spin),
+                              ("", self.augment_check)):
+            advanced_form.addRow(label, widget)
+        self.advanced.addWidget(advanced)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(form)
+        layout.addWidget(self.advanced)
+        self.source_combo.currentIndexChanged.connect(self._on_source_chosen)
+        self.device_combo.currentTextChanged.connect(lambda _: self.suggest_patch())
+        self._shape = None
+
+    # -- source model --------------------------------------------------------------------
+
+    def add_model(self, path, select: bool = True) -> None:
+        """Offer the checkpoint ``path`` as a source model (and select it)."""
+        path = str(path)
+        index = self.source_combo.findData(path)
+        if index < 0:
+            index = self.source_combo.count() - 1  # before "choose a file…"
+            self.source_combo.insertItem(index, f"file: {Path(path).name}", path)
+        if select:
+            self.source_combo.setCurrentIndex(index)
+
+    def source_path(self) -> str | None:
+        """The checkpoint to fine-tune, or None for training from scratch."""
+        data = self.source_combo.currentData()
+        return None if data in (None, CHOOSE_FILE) else data
+
+    def _on_source_chosen(self, index):
+        if self.source_combo.itemData(index) == CHOOSE_FILE:
+            path, _ = QFileDialog.getOpenFileName(self, "Source model", "",
+                                                  "napari-spoco checkpoint (*.pt *.pth)")
+            if path:
+                self.add_model(path)
+            else:
+                self.source_combo.setCurrentIndex(0)
+            return
+        fine_tuning = self.source_path() is not None
+        self.lr_spin.setValue(default_learning_rate(fine_tuning))
+        self.features_edit.setEnabled(not fine_tuning)
+        self.embedding_spin.setEnabled(not fine_tuning)
+        self.anisotropic_spin.setEnabled(not fine_tuning)
+        self.source_changed.emit()
+
+    def _choose_save_path(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Save the model to", self.save_edit.text(),
+                                              "napari-spoco checkpoint (*.pt)")
+        if path:
+            self.save_edit.setText(path if path.endswith(".pt") else path + ".pt")
+
+    # -- defaults from data and device ---------------------------------------------------------
+
+    def device_kind(self) -> str:
+        name = self.device_combo.currentText()
+        return available_devices()[0] if name == "auto" else name.split(":")[0]
+
+    def suggest_patch(self, shape=None) -> None:
+        """Set patch and batch size for images of spatial ``shape`` on the chosen device."""
+        self._shape = tuple(shape) if shape is not None else self._shape
+        if self._shape is None:
+            return
+        patch, batch = default_patch_and_batch(self._shape, self.device_kind())
+        self.patch_edit.setText(", ".join(str(p) for p in patch))
+        self.batch_spin.setValue(batch)
+
+    # -- the config -------------------------------------------------------------------------
+
+    def config(self, ndim: int, channel_axis, background_id) -> TrainingConfig:
+        """Collect the form into a validated ``TrainingConfig`` (``SpocoInputError`` if bad)."""
+        patch = parse_ints(self.patch_edit.text(), "The patch size", ndim)
+        features = parse_ints(self.features_edit.text(), "The network features")
+        return TrainingConfig(
+            ndim=ndim,
+            channel_axis=channel_axis,
+            features=features,
+            out_channels=self.embedding_spin.value(),
+            anisotropic_levels=self.anisotropic_spin.value() if ndim == 3 else 0,
+            loss=LossSettings(
+                delta_v=self.delta_v_spin.value(),
+                delta_d=self.delta_d_spin.value(),
+                w_upush=self.w_upush_spin.value(),
+                w_ucon=self.w_ucon_spin.value(),
+            ),
+            mode=self.mode_combo.currentText(),
+            background_id=background_id,
+            augment=self.augment_check.isChecked(),
+            patch_shape=patch,
+            batch_size=self.batch_spin.value(),
+            iterations=self.iterations_spin.value(),
+            lr=self.lr_spin.value(),
+            momentum=self.momentum_spin.value(),
+            seed=self.seed_spin.value(),
+            device=self.device_combo.currentText(),
+        )
+
+    def save_path(self) -> Path:
+        text = self.save_edit.text().strip()
+        if not text:
+            raise SpocoInputError("Say where to save the model: fill in 'save to' (a .pt file).")
+        path = Path(text).expanduser()
+        if path.is_dir():
+            raise SpocoInputError(f"'save to' is the folder {text!r}; give a file name ending .pt.")
+        return path

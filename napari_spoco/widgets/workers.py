@@ -1,0 +1,217 @@
+"""The work the widgets run in background threads, as plain functions and generators.
+
+Each function here runs in a worker thread and talks to the main thread only through what it
+yields or returns; the widgets connect to the workers' ``yielded``/``returned``/``errored``
+signals, which Qt delivers on the main thread, so layers are changed there only.
+
+The workers are superqt's (napari's ``thread_worker`` is a thin subclass of them that also
+forwards every error to napari's generic error dialog; the widgets show their own, actionable
+notification instead, so they use the superqt classes directly).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from superqt.utils import create_worker
+
+from .preview import ModelSnapshot, PreviewSchedule, compute_preview
+
+
+class WorkerFailure(Exception):
+    """Carries an exception out of a generator worker.
+
+    superqt's generator worker treats a ``RuntimeError`` raised by the generator as "the worker
+    was deleted": it emits neither ``errored`` nor ``finished``. torch reports most failures
+    (out of memory included) as ``RuntimeError``, so they are wrapped in this instead.
+    """
+
+    def __init__(self, original: BaseException):
+        super().__init__(str(original))
+        self.original = original
+
+
+@dataclass
+class TrainerReady:
+    """First item a training worker yields: the trainer, for pause/stop/push from the GUI."""
+
+    trainer: object
+
+
+@dataclass
+class PreviewFailed:
+    """A preview raised; training goes on, previews are switched off."""
+
+    error: BaseException
+
+
+@dataclass
+class TrainingFinished:
+    """What a training worker returns."""
+
+    path: Path | None
+    reason: str | None
+    iteration: int
+    snapshot: ModelSnapshot
+
+
+def training_loop(make_trainer, schedule: PreviewSchedule, save_path, preview_method="mws"):
+    """:func:`_training_loop` with its ``RuntimeError`` wrapped in :class:`WorkerFailure`."""
+    try:
+        return (yield from _training_loop(make_trainer, schedule, save_path, preview_method))
+    except RuntimeError as err:
+        raise WorkerFailure(err) from err
+
+
+def _training_loop(make_trainer, schedule: PreviewSchedule, save_path, preview_method="mws"):
+    """Build the trainer, train, preview when due, and save the checkpoint at the end.
+
+    Parameters
+    ----------
+    make_trainer : callable
+        Returns a :class:`~napari_spoco.core.training.Trainer`. Called here so that reading
+        the data and fitting the normalisation do not block the viewer either.
+    schedule : PreviewSchedule
+        Where the viewer posts what to preview.
+    save_path : path or None
+        Checkpoint written (atomically) when training ends, by the limit or by Stop, unless
+        the trainer autosaves there already.
+
+    Yields
+    ------
+    TrainerReady, then TrainingReport and PreviewResult / PreviewFailed items.
+
+    Returns
+    -------
+    TrainingFinished
+    """
+    trainer = make_trainer()
+    yield TrainerReady(trainer)
+    for report in trainer.steps():
+        yield report
+        request = schedule.take_due()
+        if request is None:
+            continue
+        try:
+            result = compute_preview(trainer, request, preview_method)
+            schedule.last_cost = result.seconds
+            yield result
+        except Exception as err:  # a preview must never end the training
+            schedule.enabled = False
+            yield PreviewFailed(err)
+    # The trainer's autosave path is written by ``steps()`` itself when it ends.
+    path = trainer.autosave_path
+    if save_path is not None and path is None:
+        path = trainer.save(save_path)
+    return TrainingFinished(path, trainer.stop_reason, int(trainer.iteration),
+                            ModelSnapshot.of(trainer))
+
+
+def start_training_worker(make_trainer, schedule, save_path, on_yield, on_return, on_error,
+                          on_finish, preview_method="mws"):
+    """Start :func:`training_loop` in a generator worker with the given slots connected."""
+    return create_worker(
+        training_loop,
+        make_trainer,
+        schedule,
+        save_path,
+        preview_method,
+        _connect={"yielded": on_yield, "returned": on_return, "errored": on_error,
+                  "finished": on_finish},
+    )
+
+
+@dataclass
+class Progress:
+    """Tiles done out of total, written by the worker and read by a GUI timer."""
+
+    done: int = 0
+    total: int = 0
+
+
+def predict_and_segment(load_model, image, channel_axis, device, method, params,
+                        progress: Progress, cancel: threading.Event):
+    """Predict embeddings tile by tile, then project and cluster them (in a worker).
+
+    Parameters
+    ----------
+    load_model : callable
+        Returns ``(model, normalization, config)``; loading happens in the worker too.
+    progress : Progress
+        Updated after every batch of tiles.
+    cancel : threading.Event
+        Set by the Cancel button; prediction stops before its next batch.
+
+    Returns
+    -------
+    dict with ``embeddings``, ``pca``, ``instances``, ``config``, ``seconds``.
+    """
+    from napari_spoco.core.prediction import predict_embeddings
+
+    from .preview import project_and_segment
+
+    start = time.perf_counter()
+    model, normalization, config = load_model()
+
+    def report(done, total):
+        progress.done, progress.total = done, total
+
+    embeddings = predict_embeddings(
+        model, image, normalization, channel_axis=channel_axis, device=device,
+        progress=report, cancel=cancel,
+    )
+    pca, instances = project_and_segment(embeddings, config, method, **params)
+    return {
+        "embeddings": embeddings,
+        "pca": pca,
+        "instances": instances,
+        "config": config,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def recluster(embeddings, config, method, params):
+    """Cluster cached embeddings again with another method or parameters (in a worker)."""
+    from .preview import project_and_segment
+
+    start = time.perf_counter()
+    _, instances = project_and_segment(embeddings, config, method, project=False, **params)
+    return {"instances": instances, "seconds": time.perf_counter() - start}
+
+
+def warm_up_imports() -> float:
+    """Import what training, prediction and clustering need, and start the clustering process.
+
+    Importing holds Python's global interpreter lock for long stretches (torch's Adam imports
+    torch._dynamo on first use: seconds on a slow CPU). Done in a worker when the dock opens, it
+    happens while the user paints, not as stalls of the first training run.
+
+    Returns
+    -------
+    float
+        Seconds it took.
+    """
+    start = time.perf_counter()
+    import torch
+
+    import napari_spoco.core.clustering  # noqa: F401
+    import napari_spoco.core.pca  # noqa: F401
+    import napari_spoco.core.prediction  # noqa: F401
+    import napari_spoco.core.training  # noqa: F401
+
+    from .clustering_process import warm_up
+
+    warm_up()
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its lazy imports happen now
+    return time.perf_counter() - start
+
+
+def start_function_worker(func, *args, on_return, on_error, on_finish=None, **kwargs):
+    """Start ``func(*args, **kwargs)`` in a worker with the given slots connected."""
+    connect = {"returned": on_return, "errored": on_error}
+    if on_finish is not None:
+        connect["finished"] = on_finish
+    return create_worker(func, *args, _connect=connect, **kwargs)
