@@ -22,15 +22,6 @@ from napari_spoco.core.unet import UNet
 DATA = Path(__file__).parent / "data" / "stardist"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny convolutions gain nothing from threads, and lose a lot on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_checkpoint(path, in_channels=1, channel_axis=None, delta_d=2.0, image=None,
                     fit_axis="same"):
     torch.manual_seed(0)

@@ -20,14 +20,6 @@ from napari_spoco.core.prediction import frozen_network, predict_embeddings, pre
 from napari_spoco.core.unet import UNet
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def group_norm_unet(ndim=2, seed=0, features=(4, 8), **kwargs):
     """A small group-norm U-Net whose norm affines are random, so the statistics matter."""
     torch.manual_seed(seed)

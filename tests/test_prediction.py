@@ -22,15 +22,6 @@ from napari_spoco.core.tiling import plan_tiles, window
 from napari_spoco.core.unet import UNet
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny convolutions gain nothing from threads, and lose a lot on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_unet(ndim=2, in_channels=1, norm=None, seed=0, features=(4, 8), **kwargs):
     torch.manual_seed(seed)
     return UNet(in_channels, 4, ndim, features=features, norm=norm, **kwargs)

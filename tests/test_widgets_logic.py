@@ -185,3 +185,26 @@ def test_safe_store_name():
     assert _logic.safe_store_name("tissue 2D painted/labels") == "tissue_2D_painted_labels"
     assert _logic.safe_store_name("a b", taken=["a_b"]) == "a_b_2"
     assert _logic.safe_store_name("***") == "labels"
+
+
+def test_clustering_form_fills_dropped_small_pieces_by_default(qtbot):
+    # Mutex watershed leaves 1-4 pixel pieces on blurred boundaries; min_size alone turns them
+    # into holes, so the form asks for them to be filled from their neighbours.
+    from napari_spoco.core.clustering import segment
+    from napari_spoco.core.clustering.synthetic_embeddings import make_embeddings
+    from napari_spoco.widgets.clustering_form import ClusteringForm
+
+    form = ClusteringForm()
+    qtbot.addWidget(form)
+    form._fields[("mws", "min_size")].setValue(30)
+    method, params = form.method_and_params()
+    assert (method, params) == ("mws", {"min_size": 30, "fill": True})
+
+    embeddings, _ = make_embeddings((96, 96), 12, boundary_blur=1.0, seed=3)
+    holes = segment(embeddings, method, min_size=30)
+    filled = segment(embeddings, method, **params)
+    assert (holes == 0).any()
+    assert (filled > 0).all()
+
+    form.fill_check.setChecked(False)
+    assert form.method_and_params()[1] == {"min_size": 30}

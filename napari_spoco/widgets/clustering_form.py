@@ -37,6 +37,11 @@ class ClusteringForm(QWidget):
         self.merge_check.setToolTip("Join clusters whose mean embeddings are closer than the "
                                     "push margin (fixes objects split in two)")
         self._layout.addRow("", self.merge_check)
+        self.fill_check = QCheckBox("give dropped small pieces to their neighbours")
+        self.fill_check.setToolTip("Pieces below the min object size join the neighbouring "
+                                   "object instead of leaving holes (seeded watershed)")
+        self.fill_check.setChecked(True)
+        self._layout.addRow("", self.fill_check)
         self.method_combo.currentIndexChanged.connect(self._show_fields)
         self._show_fields()
 
@@ -58,4 +63,6 @@ class ClusteringForm(QWidget):
                   if key == method}
         if self.merge_check.isChecked():
             params["merge"] = True
+        if self.fill_check.isChecked() and params.get("min_size", 0) > 0:
+            params["fill"] = True
         return method, params
