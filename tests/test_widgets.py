@@ -60,6 +60,8 @@ def test_train_with_live_preview_then_segment_accept_and_undo(spoco, qtbot, note
     # Segment the whole image with the model just trained.
     segment = widget.segment
     segment.image_combo.setCurrentText(image.name)
+    # unfilled, so the min-size check below sees the raw segment sizes
+    segment.clustering.fill_check.setChecked(False)
     segment.predict()
     wait_until(qtbot, lambda: segment.worker is None)
     assert messages(notes, "error") == []
