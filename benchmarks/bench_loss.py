@@ -48,11 +48,11 @@ def loss_step(loss, emb_f, emb_g, labels, seed=0):
     total.backward()
 
 
-def training_step_share(repeats: int) -> None:
+def training_step_share(repeats: int, features: tuple[int, ...]) -> None:
     from napari_spoco.core.unet import UNet
 
     torch.manual_seed(0)
-    model = UNet(in_channels=1, out_channels=EMB, ndim=2, features=(16, 32, 64, 128))
+    model = UNet(in_channels=1, out_channels=EMB, ndim=2, features=features)
     momentum = copy.deepcopy(model).requires_grad_(False)
     loss = SpocoLoss()
     labels = voronoi_labels(50, seed=1)
@@ -76,7 +76,7 @@ def training_step_share(repeats: int) -> None:
     worst_time = median_time(lambda: loss_step(loss, rand_f, rand_g, labels), repeats)
 
     print(f"training step, batch {BATCH}, {SIZE}x{SIZE}, E={EMB}, 50 labeled objects, "
-          f"UNet features (16, 32, 64, 128), {torch.get_num_threads()} threads")
+          f"UNet features {features} ({sum(p.numel() for p in model.parameters()):,} parameters), {torch.get_num_threads()} threads")
     print(f"  whole step (f fwd + g fwd + loss + backward): {step_time * 1e3:8.1f} ms")
     print(f"  loss fwd+bwd on the UNet's embeddings:        {loss_time * 1e3:8.1f} ms"
           f"  = {100 * loss_time / step_time:5.1f} % of the step")
@@ -105,10 +105,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-step", action="store_true", help="only the object table")
+    parser.add_argument("--features", type=int, nargs="+", default=[16, 32, 64, 128],
+                        help="U-Net widths of the training step; 16 32 64 128 256 is the "
+                             "~2 M-parameter network of the reference CPU step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not args.skip_step:
-        training_step_share(args.repeats)
+        training_step_share(args.repeats, tuple(args.features))
     object_scaling(args.repeats)
 
 
