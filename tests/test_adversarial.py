@@ -21,23 +21,9 @@ from napari_spoco.core.checkpoint import load_checkpoint, load_model
 from napari_spoco.core.errors import SpocoInputError
 from napari_spoco.core.loss import TERM_NAMES
 from napari_spoco.core.training import Trainer, TrainingConfig
+from training_support import blobs, tiny
 
 
-def blobs(shape=(48, 48), seed=0):
-    rng = np.random.default_rng(seed)
-    image = rng.normal(size=shape).astype(np.float32)
-    labels = np.zeros(shape, np.uint32)
-    for obj, (y, x) in enumerate([(4, 4), (20, 26), (30, 6)], start=1):
-        labels[y:y + 12, x:x + 12] = obj
-        image[y:y + 12, x:x + 12] += 3.0
-    return image, labels
-
-
-def tiny(**changes):
-    settings = dict(features=(8, 16), patch_shape=(32, 32), batch_size=2, iterations=3,
-                    device="cpu", seed=0)
-    settings.update(changes)
-    return TrainingConfig(**settings)
 
 
 class HalfSquaredNorm(torch.nn.Module):

@@ -15,26 +15,9 @@ from napari_spoco.core.checkpoint import load_checkpoint
 from napari_spoco.core.errors import SpocoInputError
 from napari_spoco.core.loss import TERM_NAMES, SpocoLoss
 from napari_spoco.core.training import LossSettings, Trainer, TrainingConfig
+from training_support import blobs, tiny
 
 
-def blobs(shape=(48, 48), seed=0):
-    """Noise with a few bright squares/cubes, each one labeled object."""
-    rng = np.random.default_rng(seed)
-    image = rng.normal(size=shape).astype(np.float32)
-    labels = np.zeros(shape, np.uint32)
-    corners = [(4, 4), (20, 26), (30, 6)]
-    for obj, (y, x) in enumerate(corners, start=1):
-        region = (..., slice(y, y + 12), slice(x, x + 12))
-        labels[region] = obj * 10
-        image[region] += 3.0
-    return image, labels
-
-
-def tiny(**changes):
-    settings = dict(features=(8, 16), patch_shape=(32, 32), batch_size=2, iterations=3,
-                    device="cpu", seed=0)
-    settings.update(changes)
-    return TrainingConfig(**settings)
 
 
 def run_all(trainer):
