@@ -169,7 +169,8 @@ class SpocoLoss(nn.Module):
         _, segment = torch.unique(labels[labeled_idx], return_inverse=True)
         num_objects = int(segment.max()) + 1 if segment.numel() else 0
         counts = torch.bincount(segment, minlength=num_objects).to(emb_f.dtype)
-        emb_labeled = emb_f[labeled_idx]
+        # index_select, not emb_f[idx]: its backward (index_add) is the cheaper one
+        emb_labeled = emb_f.index_select(0, labeled_idx)
         means = segment_mean(emb_labeled, segment, counts)
 
         terms = {}
@@ -189,13 +190,15 @@ class SpocoLoss(nn.Module):
             )
         with weighted("u_push"):
             unlabeled_idx = regions["unlabeled"].nonzero().squeeze(1)
-            terms["u_push"] = unlabeled_push_term(emb_f[unlabeled_idx], means, self.delta_d)
+            terms["u_push"] = unlabeled_push_term(
+                emb_f.index_select(0, unlabeled_idx), means, self.delta_d
+            )
 
         if self.ignore_id is None:
             scope_f, scope_g, in_scope = emb_f, emb_g, regions["candidates"]
         else:
             scope_idx = regions["valid"].nonzero().squeeze(1)
-            scope_f, scope_g = emb_f[scope_idx], emb_g[scope_idx]
+            scope_f, scope_g = emb_f.index_select(0, scope_idx), emb_g[scope_idx]
             in_scope = regions["candidates"][scope_idx]
         # anchor candidates as rows of the scope (candidates are a subset of it)
         candidate_rows = in_scope.nonzero().squeeze(1)

@@ -18,6 +18,8 @@ step. Here each term is one ``autograd.Function`` that walks the pixels in block
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 # Elements of one (rows, centres) block: 1 MB in float32 keeps a block in cache across the
@@ -31,6 +33,7 @@ _KEEP_ELEMENTS = 1 << 22
 # (x - c) / |x - c| has no limit there, and the matmul form of |x - c|² carries rounding
 # noise of about 1e-7 * |x|², so a smaller floor would let noise pick the push direction.
 HINGE_SQ_FLOOR = 1e-6
+_HINGE_DIST_FLOOR = math.sqrt(HINGE_SQ_FLOOR)
 
 
 def _augment_points(points):
@@ -63,11 +66,12 @@ def _gauss(block, param):
 
 def _hinge(block, margin):
     """[margin - d]_+² from the block ``d²``, and the factor ``[margin - d]_+ / d`` (0 at d=0)."""
-    too_close = block <= HINGE_SQ_FLOOR
     dist = block.clamp_(min=0.0).sqrt_()
     gap = (margin - dist).clamp_(min=0.0)
-    factor = gap / dist.clamp_(min=HINGE_SQ_FLOOR ** 0.5)
-    return gap.square_(), factor.masked_fill_(too_close, 0.0)
+    # dividing by inf where d² <= HINGE_SQ_FLOOR makes the factor exactly 0 there, in one pass
+    # (a comparison plus masked_fill costs two slow ones)
+    factor = gap / torch.nn.functional.threshold(dist, _HINGE_DIST_FLOOR, math.inf)
+    return gap.square_(), factor
 
 
 # profile -> (function, scale of the distance block, d(value)/d(d²) = multiplier * factor)
