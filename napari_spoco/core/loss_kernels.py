@@ -11,9 +11,9 @@ step. Here each term is one ``autograd.Function`` that walks the pixels in block
   ``[x, |x|², 1] · [-2 s c, s, s |c|²]ᵀ = s |x - c|²``, so no broadcast additions follow;
 * the per-pair derivative is kept from the forward pass while it is small and recomputed
   block by block when it is not, so memory stays bounded and time grows linearly with K;
-* with ``w[i, k] = dL/d|x_i - c_k|²``, the gradients are ``dL/dx = 2 (x sum_k w - w c)`` and
-  ``dL/dc = -2 (wᵀ x - c sum_i w)``: two matmuls per block (augmented with a column of ones
-  to get the sums of ``w`` for free).
+* with ``w[i, k] = 2 dL/d|x_i - c_k|²`` (the 2 folded into per-centre coefficients), the
+  gradients are ``dL/dx = x sum_k w - w c`` and ``dL/dc = c sum_i w - wᵀ x``: two matmuls per
+  block (augmented with a column of ones to get the sums of ``w`` for free).
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ class _Grads:
         self.per_center = points_aug.new_zeros(centers.shape[0], self.dim + 2) if needs[1] else None
 
     def add(self, start, stop, weight):
+        """Accumulate a block of ``w = 2 dL/d|x - c|²``, shape ``(rows, centres)``."""
         if self.points is not None:
             per_row = weight @ self.centers_ones  # [w c, sum_k w]
             chunk = self.points_aug[start:stop, :self.dim]
@@ -102,12 +103,12 @@ class _Grads:
             self.per_center.addmm_(weight.t(), self.points_aug[start:stop])
 
     def result(self):
-        grad_points = self.points * 2.0 if self.points is not None else None
+        """``(dL/dx, dL/dc)`` for weights ``w`` given as ``2 dL/d|x - c|²`` (see ``add``)."""
         grad_centers = None
         if self.per_center is not None:
             weighted, weight_sum = self.per_center[:, :self.dim], self.per_center[:, -1:]
-            grad_centers = -2.0 * (weighted - self.centers * weight_sum)
-        return grad_points, grad_centers
+            grad_centers = self.centers * weight_sum - weighted
+        return self.points, grad_centers
 
 
 class _RadialSum(torch.autograd.Function):
@@ -134,7 +135,8 @@ class _RadialSum(torch.autograd.Function):
     def backward(ctx, grad_sums):
         points_aug, centers = ctx.saved_tensors
         grads = _Grads(points_aug, centers, ctx.needs_input_grad)
-        coefficient = grad_sums * ctx.multiplier
+        # the 2 of d|x - c|²/dx = 2 (x - c) rides on this (K,) vector, not on (N, E) gradients
+        coefficient = grad_sums * (2.0 * ctx.multiplier)
         for index, (start, stop) in enumerate(ctx.blocks):
             if ctx.factors:
                 factor = ctx.factors[index]
@@ -199,8 +201,9 @@ class _KernelDice(torch.autograd.Function):
         aug_f, aug_g, anchors_f, anchor_rows, overlap, denominator = ctx.saved_tensors
         # L = 1 - 2 I / (P + Q + eps), I = sum Sf Sg, P = sum Sf², dSf/d(d²) = -scale Sf:
         # dL/d(d²) = Sf (by_overlap Sg + by_square Sf)
-        by_overlap = 2.0 * ctx.scale * grad_dice / denominator
-        by_square = -4.0 * ctx.scale * grad_dice * overlap / denominator.square()
+        # both carry the extra 2 of d|x - c|²/dx (see _Grads.result)
+        by_overlap = 4.0 * ctx.scale * grad_dice / denominator
+        by_square = -8.0 * ctx.scale * grad_dice * overlap / denominator.square()
         grads = _Grads(aug_f, anchors_f, (True, True))
         for index, (start, stop) in enumerate(ctx.blocks):
             if ctx.kept:
