@@ -107,6 +107,31 @@ def test_subsample_objects_is_seeded_and_respects_keep_ids(stardist2d):
     assert np.array_equal(full, mask)
 
 
+def test_clustered_subsample_keeps_a_compact_group_of_neighbours():
+    # a 10 x 10 grid of 4 x 4 squares, ids 1..100 (row-major) plus a kept background id 500
+    grid = np.arange(1, 101).reshape(10, 10)
+    labels = np.kron(grid, np.ones((4, 4), dtype=int))
+    labels[:2, :2] = 500
+    out = subsample_objects(labels, 0.09, seed=3, placement="clustered", keep_ids=[500])
+    kept = sorted(set(np.unique(out)) - {0, 500})
+    assert len(kept) == 9
+    rows, cols = np.divmod(np.array(kept) - 1, 10)
+    # nine nearest squares to one square: a 3 x 3 block (or its clipped version at an edge)
+    assert rows.max() - rows.min() <= 3 and cols.max() - cols.min() <= 3
+    assert np.all(out[labels == 500] == 500)
+    assert np.array_equal(out, subsample_objects(labels, 0.09, 3, [500], "clustered"))
+    spread = [subsample_objects(labels, 0.09, s, [500], "random") for s in range(5)]
+    # random draws of nine squares spread wider than the clustered one
+    widths = [np.ptp(np.divmod(np.array(sorted(set(np.unique(o)) - {0, 500})) - 1, 10)[0])
+              for o in spread]
+    assert max(widths) > rows.max() - rows.min()
+
+
+def test_subsample_objects_rejects_unknown_placement():
+    with pytest.raises(SpocoInputError, match="random.*clustered"):
+        subsample_objects(np.ones((3, 3), int), 0.5, 0, placement="grid")
+
+
 @pytest.mark.parametrize("fraction", [-0.1, 1.5])
 def test_subsample_objects_rejects_bad_fraction(fraction):
     with pytest.raises(SpocoInputError, match=r"\[0, 1\]"):
