@@ -131,7 +131,8 @@ def main(argv=None) -> dict:
     row = "fine-tuned @5% clustered"
     results[row] = []
     for seed in range(args.seeds):
-        sparse = subsample_objects(target_labels, 0.05, seed, placement="clustered")
+        sparse = subsample_objects(target_labels, max(0.05, 1.0 / n_target), seed,
+                                   placement="clustered")
         kept = len(np.unique(sparse)) - 1
         config = TrainingConfig(mode="sparse", iterations=it_ft, **{**base, "seed": seed})
         trainer = train([(target_image, sparse)], config, source=source_path,
