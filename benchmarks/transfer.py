@@ -147,7 +147,7 @@ def main(argv=None) -> dict:
     results["fine-tuned @100% (dense control)"] = [error(trainer.model, trainer.normalization)]
 
     seconds = time.perf_counter() - start
-    print(f"\nsource: {source_name}; iterations source {it_src}, target {it_tgt}, "
+    print(f"\nsource: {source_name} ({source.iteration} iterations); target {it_tgt}, "
           f"fine-tune {it_ft}; patch {patch}, batch 2; from scratch: U-Net (16, 32, 64), "
           "lr 1e-3, m 0.99; fine-tuning: the source's architecture, lr = source lr / 10")
     print("| setting | adapted Rand error |\n|---|---|")
