@@ -79,11 +79,12 @@ Rand error (ARE, lower is better), SBD, AP at IoU 0.5, VOI split/merge (lower is
 of segments vs ground-truth cells.
 
 **Status.** `ovules_2d` segments held-out ovules-like slices reasonably (ARE ≈ 0.3).
-`ovules_3d` is under-trained: its loss was still falling when the run was stopped at 400 steps
-to fit the time budget (≈ 1 s per step on an idle 2-core CPU, up to 10 s while shared), so it
-clearly beats an untrained network but merges many cells (ARE ≈ 0.88); it is meant as a
-fine-tuning source and a demonstration. Train it longer with `--iterations N` (the plateau
-schedule does not depend on the total, so a longer run starts identically), ideally on a GPU.
+`ovules_3d` was trained for 1600 steps (400 steps first, then resumed with `--resume
+--iterations 1600`; about 0.6 s per step on an idle 2-core CPU): ARE 0.57 against 0.98 for an
+untrained network. Its loss was still falling, and it over-segments (about twice as many segments
+as cells), so it is a fine-tuning source and a demonstration rather than a finished 3D model.
+Train it longer with `--iterations N` (the plateau schedule does not depend on the total, so a
+longer run starts identically), ideally on a GPU.
 
 Deviations from the paper's training settings (lr 1e-3 instead of 2e-4, momentum m = 0.99
 instead of 0.999, a plateau patience of 150 steps, small U-Nets and patches) are explained in

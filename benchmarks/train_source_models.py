@@ -78,7 +78,7 @@ RECIPES = {
         val_seeds=(1001, 1002),
         config=dict(
             mode="dense", features=(16, 32, 64), anisotropic_levels=1,
-            patch_shape=(16, 64, 64), batch_size=2, iterations=400, lr=1e-3,
+            patch_shape=(16, 64, 64), batch_size=2, iterations=1600, lr=1e-3,
             momentum=0.99, lr_patience=150, seed=0,
         ),
     ),
