@@ -36,7 +36,7 @@ def subsample_objects(
     placement : {"random", "clustered"}
         ``"random"``: a uniform draw without replacement (SPOCO@p). ``"clustered"``: one
         object drawn uniformly, then the objects whose centroids lie nearest to its centroid,
-        so the kept objects touch each other and their shared boundaries are labeled.
+        so the kept objects lie next to each other and their shared boundaries are labeled.
 
     Returns
     -------
