@@ -70,7 +70,12 @@ def subsample_objects(
     if placement == "random" or n_keep == 0:
         chosen = rng.choice(candidates, size=n_keep, replace=False)
     else:
-        centroids = _centroids(inverse.reshape(labels.shape), ids.size)[candidates]
+        # imported here: the clustering package costs ~0.3 s to import, and only this branch
+        # needs it; the centroid is the mean of the pixel coordinates per object
+        from .clustering.postprocess import cluster_means
+
+        centroids = cluster_means(inverse.reshape(labels.shape), np.indices(labels.shape),
+                                  ids.size)[candidates]
         start = centroids[rng.integers(candidates.size)]
         # stable sort: ties go to the lower id, so the result depends on the seed only
         nearest = np.argsort(((centroids - start) ** 2).sum(1), kind="stable")
@@ -79,12 +84,3 @@ def subsample_objects(
     keep[chosen] = True
     return np.where(keep[inverse.reshape(labels.shape)], labels, 0).astype(labels.dtype)
 
-
-def _centroids(index: np.ndarray, count: int) -> np.ndarray:
-    """``(count, ndim)`` mean pixel coordinates of each value of ``index`` (0 .. count-1)."""
-    flat = index.ravel()
-    sizes = np.maximum(np.bincount(flat, minlength=count), 1)
-    coords = np.unravel_index(np.arange(flat.size), index.shape)
-    return np.stack(
-        [np.bincount(flat, weights=axis, minlength=count) / sizes for axis in coords], axis=1
-    )
