@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .core.errors import SpocoInputError
-from .core.sampling import subsample_objects
+from .core.sampling import background_strokes, subsample_objects
 from .core.synthetic import make_nuclei, make_tissue, nuclei_params, tissue_params
 
 STARDIST_DIR = Path(__file__).parent / "data" / "stardist"
@@ -30,6 +30,11 @@ _SYNTHETIC = {
 _ALIASES = {"tissue_2d": "ovules_2d", "tissue_3d": "ovules_3d"}
 _STARDIST = {"stardist_2d": "2d", "stardist_3d": "3d"}
 DATASET_NAMES = tuple(sorted([*_SYNTHETIC, *_ALIASES, *_STARDIST]))
+
+#: Label id of the painted background strokes of the samples (the Data tab's default brush).
+SAMPLE_BACKGROUND_ID = 65535
+#: Samples whose ground truth has this much background (label 0) come with background strokes.
+MIN_BACKGROUND_FRACTION = 0.05
 
 
 def available_datasets() -> tuple[str, ...]:
@@ -59,9 +64,10 @@ def sample_dataset(name: str, fraction: float = 0.1, seed: int = 0) -> dict:
     dict
         ``image`` (float32 in [0, 1] for synthetic data, the file's dtype for StarDist),
         ``labels`` (uint32 dense ground truth), ``partial_labels`` (uint32, the kept objects
-        with their ground-truth ids, 0 elsewhere), ``scale`` (voxel size per axis relative to
-        the xy pixel size, e.g. ``(3.13, 1, 1)``; for display) and ``name`` (the canonical
-        name).
+        with their ground-truth ids, 0 elsewhere; where the sample has a background, also a few
+        background strokes with id ``background_id``), ``background_id`` (65535, or None for
+        tissue without background), ``scale`` (voxel size per axis relative to the xy pixel
+        size, e.g. ``(3.13, 1, 1)``; for display) and ``name`` (the canonical name).
     """
     canonical = _ALIASES.get(name, name)
     if canonical in _SYNTHETIC:
@@ -80,11 +86,17 @@ def sample_dataset(name: str, fraction: float = 0.1, seed: int = 0) -> dict:
             f"Unknown sample dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}."
         )
     partial = subsample_objects(labels, fraction, seed)
+    background_id = None
+    if np.mean(labels == 0) >= MIN_BACKGROUND_FRACTION:
+        # what a user is asked to do: a few strokes in the background, for the foreground head
+        background_id = SAMPLE_BACKGROUND_ID
+        partial[background_strokes(labels, seed=seed)] = background_id
     return {
         "name": canonical,
         "image": image,
         "labels": labels,
         "partial_labels": partial,
+        "background_id": background_id,
         "scale": scale,
     }
 

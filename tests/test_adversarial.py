@@ -121,7 +121,7 @@ def test_generator_term_moves_f_only_after_the_warm_up():
     # SPOCO terms off and no weight decay: f changes only through the adversarial term
     off = dict(alpha=0, beta=0, w_reg=0, w_obj=0, w_upush=0, w_ucon=0)
     config = tiny(iterations=4, weight_decay=0.0, augment=False, loss=off, lr=1e-2,
-                  adversarial=AdversarialSettings(weight=1.0, warmup_iterations=2,
+                  foreground=False, adversarial=AdversarialSettings(weight=1.0, warmup_iterations=2,
                                                   critic_iterations=2, features=(4, 8)))
     trainer = Trainer([blobs()], config)
     snapshots = [[p.detach().clone() for p in trainer.model.parameters()]]

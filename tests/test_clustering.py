@@ -267,7 +267,7 @@ def test_min_size_removes_and_fill_absorbs_small_segments():
     truth[:, 15:] = 1
     truth[4:7, 4:7] = 2  # 9 pixels
     emb = blocks_embeddings(truth, [[0, 0], [5, 0], [0, 5]])
-    labels = segment(emb, min_size=10)
+    labels = segment(emb, min_size=10, fill=False)
     assert (labels[4:7, 4:7] == 0).all() and np.unique(labels).tolist() == [0, 1, 2]
     filled = segment(emb, min_size=10, fill=True)
     assert same_partition(filled, np.minimum(truth, 1) * (truth != 2))

@@ -257,12 +257,20 @@ def test_dense_mode_treats_zero_as_an_object_and_runs_consistency_on_it():
     assert value(d_terms, "u_con") > 0
 
 
-def test_background_id_is_an_ordinary_object_in_sparse_mode():
+def test_background_id_is_an_object_in_sparse_mode_that_unlabeled_pixels_may_join():
     emb_f, emb_g, labels = random_case(11)
     painted = torch.where(labels == 4, 1000, labels)
     _, with_bg = SpocoLoss(background_id=1000)(emb_f, emb_g, painted, generator=seeded(2))
     _, plain = SpocoLoss()(emb_f, emb_g, painted, generator=seeded(2))
-    assert_same_terms(with_bg, plain)
+    for name in set(TERM_NAMES) - {"u_push"}:
+        assert with_bg[name].item() == pytest.approx(plain[name].item(), rel=1e-9), name
+    # u_push by hand: unlabeled pixels pushed from the means of objects 1-3 only, not 1000's
+    rows, flat = emb_f.detach()[0].reshape(3, -1).T, painted.reshape(-1)
+    means = torch.stack([rows[flat == k].mean(0) for k in (1, 2, 3)])
+    distances = torch.cdist(rows[flat == 0], means)
+    expected = (torch.clamp(2.0 - distances, min=0) ** 2).mean()
+    assert with_bg["u_push"].item() == pytest.approx(expected.item(), rel=1e-9)
+    assert with_bg["u_push"].item() != pytest.approx(plain["u_push"].item(), rel=1e-6)
     with pytest.raises(SpocoInputError, match="dense"):
         SpocoLoss(background_id=0)
 

@@ -233,6 +233,14 @@ def test_sample_dataset_partial_labels_are_whole_objects_of_the_ground_truth(nam
     image, labels, partial = sample["image"], sample["labels"], sample["partial_labels"]
     assert image.shape == labels.shape == partial.shape
     assert len(sample["scale"]) == image.ndim
+    background_id = sample["background_id"]
+    if background_id is not None:
+        # the background strokes lie on true background only, a few pixels from any object
+        strokes = partial == background_id
+        assert strokes.sum() > 50 and (labels[strokes] == 0).all()
+        partial = np.where(strokes, 0, partial)
+    else:
+        assert not (labels == 0).any()
     painted = partial > 0
     np.testing.assert_array_equal(partial[painted], labels[painted])
     kept = np.unique(partial[painted])

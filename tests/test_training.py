@@ -30,13 +30,13 @@ def test_reports_have_every_term_and_finite_values():
     assert [r.iteration for r in reports] == [1, 2, 3]
     assert trainer.iteration == 3 and trainer.stop_reason == "iterations"
     for report in reports:
-        assert set(report.terms) == set(TERM_NAMES)
+        assert set(report.terms) == {*TERM_NAMES, "fg"}
         assert np.isfinite([report.loss, report.smoothed_loss, *report.terms.values()]).all()
         assert report.iterations == 3 and report.device == "cpu"
         assert report.lr == pytest.approx(2e-4) and report.seconds_per_step > 0
     assert reports[-1].eta_seconds == 0
     # total = weighted sum of the terms with the default weights
-    weights = dict(pull=1, push=1, reg=1e-3, obj=1, u_push=1, u_con=1)
+    weights = dict(pull=1, push=1, reg=1e-3, obj=1, u_push=1, u_con=1, fg=1)
     expected = sum(weights[name] * value for name, value in reports[0].terms.items())
     assert reports[0].loss == pytest.approx(expected, rel=1e-5)
 

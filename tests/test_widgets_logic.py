@@ -38,17 +38,6 @@ def test_spatial_shape_drops_the_channel_axis():
     assert _logic.guess_channel_axis((10, 64, 32), rgb=False, model_ndim=3) is None
 
 
-def test_suggest_min_size_is_a_quarter_of_the_median_painted_object():
-    labels = np.zeros((10, 10), np.uint32)
-    labels[0, :4] = 1  # 4 pixels
-    labels[1, :8] = 2  # 8 pixels
-    labels[2:4, :] = 7  # 20 pixels
-    labels[5:, :] = 9  # background brush: 50 pixels, ignored
-    assert _logic.suggest_min_size([labels], background_id=9) == 2  # median 8 → 2
-    assert _logic.suggest_min_size([labels]) == 3  # median of 4, 8, 20, 50 is 14 → 3
-    assert _logic.suggest_min_size([np.zeros((3, 3), np.uint8)]) == 0
-
-
 def test_default_learning_rate_is_ten_times_lower_when_fine_tuning():
     assert _logic.default_learning_rate(False) == pytest.approx(2e-4)
     assert _logic.default_learning_rate(True) == pytest.approx(_logic.default_learning_rate(False)

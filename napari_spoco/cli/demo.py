@@ -64,7 +64,8 @@ def run(args) -> int:
     return run_napari(args)
 
 
-def demo_config(ndim: int, iterations: int, device: str, seed: int, shape):
+def demo_config(ndim: int, iterations: int, device: str, seed: int, shape,
+                background_id: int | None = None):
     """Settings of the demo: a small network that learns the sample in a few hundred steps."""
     from napari_spoco.core.training import TrainingConfig
     from napari_spoco.widgets._logic import default_patch_and_batch
@@ -72,7 +73,7 @@ def demo_config(ndim: int, iterations: int, device: str, seed: int, shape):
     patch, batch = default_patch_and_batch(shape, "cpu" if device == "cpu" else device)
     return TrainingConfig(ndim=ndim, features=DEMO_FEATURES, patch_shape=patch, batch_size=batch,
                           iterations=iterations, device=device, seed=seed,
-                          autosave_seconds=None)
+                          background_id=background_id, autosave_seconds=None)
 
 
 def run_headless(sample: str, out: Path, iterations: int = 300, fraction: float = 0.1,
@@ -84,24 +85,25 @@ def run_headless(sample: str, out: Path, iterations: int = 300, fraction: float 
     dict
         Paths written, timings and the metrics against the sample's ground truth.
     """
-    from napari_spoco.core.clustering import segment
     from napari_spoco.core.devices import resolve_device
     from napari_spoco.core.io import write_array
     from napari_spoco.core.metrics import evaluate
     from napari_spoco.core.pca import EmbeddingPCA
-    from napari_spoco.core.prediction import predict_embeddings
+    from napari_spoco.core.prediction import predict_with_foreground
+    from napari_spoco.core.segmentation import segment_output, settings_for
     from napari_spoco.core.training import Trainer
     from napari_spoco.datasets import sample_dataset
-    from napari_spoco.widgets._logic import suggest_min_size
 
     out.mkdir(parents=True, exist_ok=True)
     data = sample_dataset(sample, fraction=fraction, seed=seed)
     image, truth, painted = data["image"], data["labels"], data["partial_labels"]
-    n_painted = int(np.unique(painted).size - 1)
+    background_id = data["background_id"]
+    n_painted = int(np.setdiff1d(np.unique(painted), [0, background_id or 0]).size)
     log(f"sample {data['name']}: image {image.shape}, {n_painted} of "
-        f"{int(np.unique(truth).size - 1)} objects painted")
+        f"{int(np.unique(truth).size - 1)} objects painted"
+        + ("" if background_id is None else ", plus a few background strokes"))
     device = resolve_device(device).type
-    config = demo_config(image.ndim, iterations, device, seed, image.shape)
+    config = demo_config(image.ndim, iterations, device, seed, image.shape, background_id)
     checkpoint = out / "model.pt"
     trainer = Trainer([(image, painted)], config, autosave_path=checkpoint)
     start = time.perf_counter()
@@ -113,15 +115,12 @@ def run_headless(sample: str, out: Path, iterations: int = 300, fraction: float 
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    embeddings = predict_embeddings(trainer.model, image, trainer.normalization,
-                                    device=trainer.device)
+    embeddings, foreground = predict_with_foreground(trainer.model, image, trainer.normalization,
+                                                     device=trainer.device)
     predict_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    loss = trainer.config.loss
-    # As the Segment tab suggests: drop fragments below a quarter of the painted objects' size.
-    min_size = suggest_min_size([painted])
-    labels = segment(embeddings, "mws", delta_v=loss.delta_v, delta_d=loss.delta_d,
-                     min_size=min_size)
+    settings = settings_for(trainer)  # what the Segment tab and `napari-spoco segment` use
+    labels = segment_output(embeddings, foreground, settings)
     segment_seconds = time.perf_counter() - start
     rgb = EmbeddingPCA().fit_transform(embeddings, seed=seed)
 
@@ -141,7 +140,7 @@ def run_headless(sample: str, out: Path, iterations: int = 300, fraction: float 
         "iterations": int(trainer.iteration),
         "final_loss": None if report is None else float(report.loss),
         "device": str(trainer.device),
-        "clustering": {"method": "mws", "min_size": min_size},
+        "clustering": settings.to_dict(),
         "seconds": {"train": train_seconds, "predict": predict_seconds,
                     "segment": segment_seconds},
         "metrics": metrics,
@@ -191,6 +190,8 @@ def run_napari(args) -> int:
     settings.iterations_spin.setValue(args.iterations)
     settings.features_edit.setText(", ".join(str(f) for f in DEMO_FEATURES))
     settings.save_edit.setText(str(Path(args.out).resolve() / "model.pt"))
+    if np.any(np.asarray(viewer.layers[-1].data) == widget.data.background_spin.value()):
+        widget.data.background_check.setChecked(True)
     widget.tabs.setCurrentIndex(1)
     if args.start:
         widget.train.start()

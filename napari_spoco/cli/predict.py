@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--pca", default=None, metavar="OUT_RGB",
                         help="also write a 3-component PCA RGB view ([Z,] Y, X, 3): float32 in "
                              "[0, 1] for .npy/.zarr, uint8 for .tif")
+    parser.add_argument("--foreground", default=None, metavar="OUT_FG",
+                        help="also write the foreground probability ([Z,] Y, X) float32, for "
+                             "models with a foreground head")
     add_tiling_arguments(parser)
     parser.set_defaults(func=run)
     return parser
@@ -126,8 +130,16 @@ def write_rgb(path, rgb: np.ndarray) -> None:
 
 
 def predict_to(args, loaded, image, out_path, momentum: bool = False):
-    """Predict embeddings of ``image`` into ``out_path`` (or memory if None); return them."""
-    from napari_spoco.core.prediction import select_network, predict_embeddings
+    """Predict ``image`` into ``out_path`` (or memory if None).
+
+    Returns
+    -------
+    embeddings : array
+        ``(E, *spatial)`` (the zarr array when ``out_path`` is a ``.zarr``).
+    foreground : ndarray or None
+        Foreground probability; None for a network without the foreground head.
+    """
+    from napari_spoco.core.prediction import predict_with_foreground, select_network
 
     model = select_network(loaded, momentum)
     channel_axis = resolve_channel_axis(args, len(image.shape), loaded)
@@ -139,7 +151,7 @@ def predict_to(args, loaded, image, out_path, momentum: bool = False):
         spatial = tuple(image.shape[a] for a in axes)
         out = create_zarr_output(out_path, (model.out_channels, *spatial))
     with progress_bar("predict", args.no_progress) as progress:
-        embeddings = predict_embeddings(
+        embeddings, foreground = predict_with_foreground(
             model, image, loaded.normalization, channel_axis=channel_axis,
             tile_shape=args.tile_shape, overlap=args.overlap, batch_size=args.batch_size,
             device=args.device, out=out, progress=progress,
@@ -148,7 +160,7 @@ def predict_to(args, loaded, image, out_path, momentum: bool = False):
         from napari_spoco.core.io import write_array
 
         write_array(out_path, embeddings)
-    return embeddings
+    return embeddings, foreground
 
 
 def run(args) -> int:
@@ -158,8 +170,16 @@ def run(args) -> int:
 
     loaded = load_model(args.checkpoint, args.device)
     image = read_image(args.image)
-    embeddings = predict_to(args, loaded, image, args.out, args.momentum)
+    embeddings, foreground = predict_to(args, loaded, image, args.out, args.momentum)
     print(f"wrote embeddings {tuple(embeddings.shape)} to {args.out}")
+    if args.foreground:
+        from napari_spoco.core.io import write_array
+
+        if foreground is None:
+            print("the model has no foreground head: no foreground written", file=sys.stderr)
+        else:
+            write_array(args.foreground, foreground)
+            print(f"wrote foreground probability to {args.foreground}")
     if args.pca:
         write_rgb(args.pca, pca_rgb(embeddings))
         print(f"wrote PCA view to {args.pca}")

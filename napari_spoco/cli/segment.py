@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
@@ -42,18 +43,26 @@ def add_parser(subparsers):
     parser.add_argument("--out", required=True, help="labels file (.tif, .npy or .zarr)")
     parser.add_argument("--method", choices=("mws", "hdbscan", "meanshift", "consistency"),
                         default="mws", help="clustering method (default mws: mutex watershed)")
-    parser.add_argument("--min-size", type=int, default=0,
-                        help="drop segments smaller than this many pixels (default 0)")
+    parser.add_argument("--min-size", type=int, default=None,
+                        help="segments smaller than this many pixels join a neighbour "
+                             "(default: a fifth of the median painted object size, from the "
+                             "checkpoint)")
     parser.add_argument("--mask", help="foreground mask file (nonzero = foreground): only "
                                        "these pixels are clustered")
     parser.add_argument("--delta-v", type=float, default=None,
                         help="pull margin (default: the checkpoint's, else 0.5)")
     parser.add_argument("--delta-d", type=float, default=None,
                         help="push margin (default: the checkpoint's, else 2.0)")
-    parser.add_argument("--merge", choices=("none", "all", "adjacent"), default="none",
+    parser.add_argument("--merge", choices=("none", "all", "adjacent"), default=None,
                         help="merge clusters whose mean embeddings are closer than delta_d")
-    parser.add_argument("--fill", action="store_true",
-                        help="give unassigned pixels inside the mask a neighbouring segment")
+    parser.add_argument("--fill", action=argparse.BooleanOptionalAction, default=None,
+                        help="give pixels of removed small segments a neighbouring segment "
+                             "(default: on)")
+    parser.add_argument("--foreground", action=argparse.BooleanOptionalAction, default=None,
+                        help="cluster only the predicted foreground (default: on when the model "
+                             "has a foreground head trained with painted background)")
+    parser.add_argument("--foreground-threshold", type=float, default=None,
+                        help="foreground probability threshold (default 0.5)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds stride draws, subsampling and the augmented view")
 
@@ -130,11 +139,17 @@ def _check_sources(args) -> None:
         raise SpocoInputError("--embeddings-g is only used by --method consistency.")
 
 
-def _margins(args, loaded) -> tuple[float, float]:
-    loss = (loaded.config.get("loss") or {}) if loaded is not None else {}
-    delta_v = args.delta_v if args.delta_v is not None else float(loss.get("delta_v", 0.5))
-    delta_d = args.delta_d if args.delta_d is not None else float(loss.get("delta_d", 2.0))
-    return delta_v, delta_d
+def settings_from_args(args, loaded, ndim: int):
+    """``segmentation_settings`` of the checkpoint, with the options the user gave."""
+    from napari_spoco.core.segmentation import segmentation_settings, settings_for
+
+    merge = {None: None, "none": False, "all": True, "adjacent": "adjacent"}[args.merge]
+    chosen = dict(delta_v=args.delta_v, delta_d=args.delta_d, min_size=args.min_size,
+                  fill=args.fill, merge=merge, use_foreground=args.foreground,
+                  foreground_threshold=args.foreground_threshold, **method_params(args))
+    if loaded is None:
+        return segmentation_settings(method=args.method, ndim=ndim, **chosen)
+    return settings_for(loaded, method=args.method, ndim=ndim, **chosen)
 
 
 def _predict_g(args, loaded, image) -> np.ndarray:
@@ -156,32 +171,29 @@ def _predict_g(args, loaded, image) -> np.ndarray:
 def run(args) -> int:
     """Run ``napari-spoco segment``."""
     from napari_spoco.core.checkpoint import load_model
-    from napari_spoco.core.clustering import segment
     from napari_spoco.core.io import read_array, write_array
+    from napari_spoco.core.segmentation import segment_output
 
     _check_sources(args)
-    params = method_params(args)
+    method_params(args)  # option misuse is reported before any file is read
     loaded = load_model(args.checkpoint, args.device) if args.checkpoint else None
     image = read_image(args.image) if args.image else None
+    foreground = None
     if args.embeddings is not None:
         embeddings = read_array(args.embeddings)
     else:
-        embeddings = predict_to(args, loaded, image, None)
+        embeddings, foreground = predict_to(args, loaded, image, None)
+    settings = settings_from_args(args, loaded, len(embeddings.shape) - 1)
+    extra = {}
     if args.method == "consistency":
         if args.embeddings_g is not None:
-            params["embeddings_g"] = read_array(args.embeddings_g)
+            extra["embeddings_g"] = read_array(args.embeddings_g)
         else:
-            params["embeddings_g"] = _predict_g(args, loaded, image)
-    if (args.method == "mws" and "anisotropic" not in params and loaded is not None
-            and loaded.config.get("anisotropic") and len(embeddings.shape) == 4):
-        params["anisotropic"] = True  # thin-slice stack: the training run said so
+            extra["embeddings_g"] = _predict_g(args, loaded, image)
+    for note in settings.notes:
+        print(f"note: {note}", file=sys.stderr)
     mask = None if args.mask is None else read_array(args.mask) != 0
-    delta_v, delta_d = _margins(args, loaded)
-    merge = {"none": False, "all": True, "adjacent": "adjacent"}[args.merge]
-    labels = segment(
-        np.asarray(embeddings), args.method, delta_v=delta_v, delta_d=delta_d, mask=mask,
-        min_size=args.min_size, merge=merge, fill=args.fill, **params,
-    )
+    labels = segment_output(embeddings, foreground, settings, mask=mask, **extra)
     write_array(args.out, labels.astype(np.uint32, copy=False))
     print(f"wrote {int(labels.max())} segments {labels.shape} to {args.out}")
     return 0

@@ -29,7 +29,7 @@ import os
 import pickle
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -247,8 +247,10 @@ def check_architecture(checkpoint: dict, architecture: dict, path: str = "checkp
     path : str
         Shown in the message.
     """
-    saved = dict(checkpoint["architecture"])
-    wanted = dict(architecture)
+    from .unet import complete_architecture
+
+    saved = complete_architecture(checkpoint["architecture"])
+    wanted = complete_architecture(architecture)
     differences = [
         f"{key}: checkpoint {_plain(saved.get(key))!r} vs wanted {_plain(wanted.get(key))!r}"
         for key in sorted(set(saved) | set(wanted))
@@ -279,6 +281,24 @@ def load_state(model: torch.nn.Module, state: dict, path: str = "checkpoint") ->
         ) from err
 
 
+def load_source_state(model: torch.nn.Module, state: dict, path: str = "checkpoint") -> None:
+    """Load a source network's weights for fine-tuning; only the foreground head may differ.
+
+    A source trained without the foreground head leaves ``model``'s new head as initialised; a
+    source with one, loaded into a network without it, drops that head's weights. Any other
+    mismatch raises ``CheckpointError`` as in :func:`load_state`.
+    """
+    head = "foreground_head."
+    has_head = any(key.startswith(head) for key in model.state_dict())
+    state = {key: value for key, value in dict(state).items()
+             if has_head or not key.startswith(head)}
+    if not has_head or any(key.startswith(head) for key in state):
+        load_state(model, state, path)
+        return
+    own = model.state_dict()
+    load_state(model, {**{k: v for k, v in own.items() if k.startswith(head)}, **state}, path)
+
+
 @dataclass
 class LoadedModel:
     """A trained network ready for prediction.
@@ -299,6 +319,9 @@ class LoadedModel:
         Optimizer steps done when the file was written.
     path : pathlib.Path
         The file it came from.
+    annotations : dict
+        What the training labels looked like (``segmentation.summarize_annotations``); empty
+        for checkpoints written before it was recorded.
     """
 
     model: torch.nn.Module
@@ -308,6 +331,7 @@ class LoadedModel:
     architecture: dict
     iteration: int
     path: Path
+    annotations: dict = field(default_factory=dict)
 
 
 def build_network(checkpoint: dict, state_key: str, path: str, device) -> torch.nn.Module:
@@ -346,6 +370,7 @@ def load_model(
     """
     from .devices import resolve_device
     from .normalization import Normalization
+    from .unet import complete_architecture
 
     device = resolve_device(device)
     checkpoint = load_checkpoint(path)
@@ -367,7 +392,8 @@ def load_model(
         momentum_model=momentum,
         normalization=Normalization.from_dict(dict(checkpoint["normalization"])),
         config=dict(checkpoint.get("config", {})),
-        architecture=dict(checkpoint["architecture"]),
+        architecture=complete_architecture(checkpoint["architecture"]),
         iteration=int(checkpoint.get("iteration", 0)),
         path=Path(path),
+        annotations=dict(checkpoint.get("annotations") or {}),
     )

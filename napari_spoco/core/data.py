@@ -223,6 +223,11 @@ class TrainingData:
             self._labels[index] = labels
             self._index[index] = entry
 
+    def label_arrays(self) -> list[np.ndarray]:
+        """The current labels of every pair (the arrays themselves; do not modify them)."""
+        with self._lock:
+            return list(self._labels)
+
     def objects_per_pair(self, include_background: bool = True) -> list[int]:
         """Number of labeled objects in each pair.
 

@@ -50,8 +50,10 @@ class SpocoLoss(nn.Module):
         ``"sparse"``: label 0 is unlabeled (unknown). ``"dense"``: label 0 is the background
         object; there is no unlabeled pixel and the consistency term runs on the background.
     background_id : int, optional
-        Id of pixels painted as background. In sparse mode it is one more labeled object; in
-        dense mode its pixels join label 0 as the region of the consistency term.
+        Id of pixels painted as background. In sparse mode it is one more labeled object,
+        except that unlabeled pixels are not pushed away from its mean (they may be
+        background); in dense mode its pixels join label 0 as the region of the consistency
+        term.
     ignore_id : int, optional
         Id of pixels that take part in no term.
     max_anchors : int
@@ -191,7 +193,8 @@ class SpocoLoss(nn.Module):
         with weighted("u_push"):
             unlabeled_idx = regions["unlabeled"].nonzero().squeeze(1)
             terms["u_push"] = unlabeled_push_term(
-                emb_f.index_select(0, unlabeled_idx), means, self.delta_d
+                emb_f.index_select(0, unlabeled_idx), self._not_background(means, labels,
+                                                                        labeled_idx), self.delta_d
             )
 
         if self.ignore_id is None:
@@ -213,6 +216,18 @@ class SpocoLoss(nn.Module):
         # keep every term attached to the graph even where its weight switched it off
         anchor = attached_zero(emb_f)
         return {name: value + anchor for name, value in terms.items()}
+
+    def _not_background(self, means, labels, labeled_idx):
+        """The object means without the painted background's (sparse mode).
+
+        Unlabeled pixels may well be background, so pushing them away from the background's
+        mean would teach the opposite of what the painted strokes say (docs/method.md).
+        """
+        if self.mode != "sparse" or self.background_id is None or means.shape[0] == 0:
+            return means
+        ids = torch.unique(labels[labeled_idx])
+        keep = ids != _id_as_int64(self.background_id)
+        return means if bool(keep.all()) else means[keep]
 
     def _regions(self, labels):
         """Boolean masks: labeled, unlabeled (u_push), candidates (u_con anchors), valid."""

@@ -146,6 +146,7 @@ def predict_embeddings(
     groupnorm: str = "image",
     calibration_tile_shape=None,
     calibration_tiles: int = CALIBRATION_TILES,
+    foreground_out=None,
 ):
     """Predict pixel embeddings ``(E, *spatial)`` for a 2D or 3D image of any size.
 
@@ -189,6 +190,10 @@ def predict_embeddings(
     calibration_tile_shape, calibration_tiles : optional
         With ``groupnorm="image"``: shape (default: the default tile, clipped to the image) and
         most number of the calibration tiles, run as one batch.
+    foreground_out : array-like, optional
+        For a network with a foreground head: an array of the spatial shape that receives the
+        blended foreground **logits** (see :func:`predict_with_foreground` for probabilities).
+        Without it the head's output is dropped.
 
     Returns
     -------
@@ -232,8 +237,21 @@ def predict_embeddings(
     )
     total = len(layout)
     out_channels = getattr(model, "out_channels", None)
+    has_foreground = bool(getattr(model, "foreground", False))
     if out_channels is not None:
         out = _prepare_out(out, int(out_channels), spatial_shape, dtype)
+    if foreground_out is not None:
+        if not has_foreground:
+            raise SpocoInputError(
+                "foreground_out was given but the network has no foreground head; train with "
+                "foreground=True or leave foreground_out out."
+            )
+        if tuple(foreground_out.shape) != spatial_shape:
+            raise SpocoInputError(
+                f"foreground_out has shape {tuple(foreground_out.shape)} but the image's "
+                f"spatial shape is {spatial_shape}."
+            )
+        foreground_out[...] = 0
 
     if groupnorm == "image" and total > 1 and has_group_norm(model):
         network = frozen_network(model, image, normalization, channel_axis=channel_axis,
@@ -257,6 +275,10 @@ def predict_embeddings(
             for (spatial, weights), embedding in zip(batch, result):
                 weight = torch.from_numpy(window(weights)).to(device)
                 contribution = (embedding.float() * weight).cpu().numpy()
+                if has_foreground:
+                    if foreground_out is not None:
+                        foreground_out[spatial] = foreground_out[spatial] + contribution[-1]
+                    contribution = contribution[:-1]
                 region = (slice(None), *spatial)
                 # Read-add-write also works on zarr, where ``+=`` on a slice would not.
                 out[region] = out[region] + contribution.astype(out.dtype, copy=False)
@@ -264,6 +286,34 @@ def predict_embeddings(
             if progress is not None and progress(done, total) is False:
                 raise PredictionCancelled(f"Prediction cancelled after {done}/{total} tiles.")
     return out
+
+
+def predict_with_foreground(model: torch.nn.Module, image, normalization=None, **kwargs):
+    """Embeddings and foreground probability in one tiled pass.
+
+    Parameters
+    ----------
+    model, image, normalization, **kwargs
+        As for :func:`predict_embeddings` (without ``foreground_out``).
+
+    Returns
+    -------
+    embeddings : numpy.ndarray or the ``out`` array
+        ``(E, *spatial)``.
+    foreground : numpy.ndarray or None
+        float32 probability of the spatial shape; None for a network without the head.
+    """
+    from .foreground import foreground_probability
+
+    if not getattr(model, "foreground", False):
+        return predict_embeddings(model, image, normalization, **kwargs), None
+    channel_axis = kwargs.get("channel_axis")
+    shape = tuple(int(s) for s in image.shape)
+    if channel_axis is not None and -len(shape) <= channel_axis < len(shape):
+        shape = shape[:channel_axis % len(shape)] + shape[channel_axis % len(shape) + 1:]
+    logits = np.zeros(shape, np.float32)
+    embeddings = predict_embeddings(model, image, normalization, foreground_out=logits, **kwargs)
+    return embeddings, foreground_probability(logits)
 
 
 def _network_for_inference(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -84,3 +84,72 @@ def subsample_objects(
     keep[chosen] = True
     return np.where(keep[inverse.reshape(labels.shape)], labels, 0).astype(labels.dtype)
 
+
+
+def background_strokes(
+    labels,
+    n_strokes: int = 6,
+    length: int | None = None,
+    width: int = 3,
+    seed: int | None = 0,
+    margin: int = 3,
+) -> np.ndarray:
+    """Boolean mask of a few brush strokes in the background of a dense ground truth.
+
+    Simulates a person painting "this is background" with a few short straight strokes:
+    each starts at a random background pixel at least ``margin`` pixels from any object and
+    runs in a random direction (in the last two axes, on one z slice in 3D), keeping only the
+    pixels that are still ``margin`` away from objects.
+
+    Parameters
+    ----------
+    labels : array-like of int
+        Dense instance labels; 0 is background.
+    n_strokes : int
+        Number of strokes.
+    length : int, optional
+        Stroke length in pixels; default a tenth of the image's longest side (at least 10).
+    width : int
+        Brush width in pixels.
+    seed : int or None
+        Seed of the stroke positions and directions.
+    margin : int
+        Least distance in pixels from any object.
+
+    Returns
+    -------
+    ndarray of bool
+        The painted pixels (empty when there is no background far enough from the objects).
+
+    Examples
+    --------
+    >>> labels = np.zeros((64, 64), np.uint32); labels[20:40, 20:40] = 1
+    >>> strokes = background_strokes(labels, n_strokes=3, seed=0)
+    >>> bool(strokes.any()), bool((strokes & (labels > 0)).any())
+    (True, False)
+    """
+    from scipy import ndimage
+
+    labels = np.asarray(labels)
+    free = ndimage.distance_transform_edt(labels == 0) > margin
+    strokes = np.zeros(labels.shape, bool)
+    starts = np.argwhere(free)
+    if starts.size == 0 or n_strokes < 1:
+        return strokes
+    rng = np.random.default_rng(seed)
+    length = max(10, max(labels.shape[-2:]) // 10) if length is None else int(length)
+    half = max(int(width) // 2, 0)
+    for start in starts[rng.choice(len(starts), size=min(n_strokes, len(starts)),
+                                   replace=False)]:
+        angle = rng.uniform(0, np.pi)
+        steps = np.arange(-(length // 2), length - length // 2)
+        ys = np.round(start[-2] + steps * np.sin(angle)).astype(int)
+        xs = np.round(start[-1] + steps * np.cos(angle)).astype(int)
+        for dy in range(-half, half + 1):
+            for dx in range(-half, half + 1):
+                y, x = ys + dy, xs + dx
+                inside = (y >= 0) & (y < labels.shape[-2]) & (x >= 0) & (x < labels.shape[-1])
+                index = (*start[:-2].reshape(-1, 1).repeat(inside.sum(), 1), y[inside],
+                         x[inside])
+                strokes[index] = True
+    return strokes & free

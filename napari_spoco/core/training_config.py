@@ -11,7 +11,7 @@ import numpy as np
 
 from .adversarial import AdversarialSettings
 from .errors import SpocoInputError
-from .unet import architecture_config
+from .unet import LEGACY_ARCHITECTURE_DEFAULTS, architecture_config, complete_architecture
 
 DEFAULT_LR = 2e-4
 #: Fine-tuning divides the source network's initial learning rate by this (paper, Sec. 4).
@@ -56,6 +56,15 @@ class TrainingConfig:
     features, norm, num_groups, anisotropic_levels, out_channels
         The U-Net (see :class:`~napari_spoco.core.unet.UNet`); ignored when fine-tuning, where
         the source's architecture is used and written back here.
+    foreground : bool
+        Train a foreground head beside the embeddings (``core/foreground.py``); segmentation
+        then clusters only the predicted foreground. Kept when fine-tuning: a source without
+        the head gets a new one.
+    foreground_weight : float
+        Weight of the foreground loss in the total.
+    foreground_lr : float
+        Adam learning rate of the foreground head (one linear layer, see
+        ``training.parameter_groups``); the rest of the network uses ``lr``.
     loss : LossSettings
         Loss parameters and weights.
     mode : {"sparse", "dense"}
@@ -110,6 +119,9 @@ class TrainingConfig:
     num_groups: int = 8
     anisotropic_levels: int = 0
     out_channels: int = 16
+    foreground: bool = True
+    foreground_weight: float = 1.0
+    foreground_lr: float = 2e-3
     loss: LossSettings = field(default_factory=LossSettings)
     mode: str = "sparse"
     background_id: int | None = None
@@ -151,6 +163,12 @@ class TrainingConfig:
             problems.append(f"ndim must be 2 or 3, got {self.ndim}")
         if self.mode not in ("sparse", "dense"):
             problems.append(f"mode must be 'sparse' or 'dense', got {self.mode!r}")
+        if not isinstance(self.foreground, bool):
+            problems.append(f"foreground must be True or False, got {self.foreground!r}")
+        if not self.foreground_weight >= 0:
+            problems.append(f"foreground_weight must be >= 0, got {self.foreground_weight}")
+        if not self.foreground_lr > 0:
+            problems.append(f"foreground_lr must be positive, got {self.foreground_lr}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be at least 1, got {self.batch_size}")
         if self.iterations < 0:
@@ -205,8 +223,12 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainingConfig:
-        """Inverse of :meth:`to_dict`; keys this version does not know raise ``SpocoInputError``."""
-        return _build(cls, data, "training config")
+        """Inverse of :meth:`to_dict`; keys this version does not know raise ``SpocoInputError``.
+
+        Architecture keys a config written before they existed lacks take the value the
+        network of that time had (no foreground head), not today's default.
+        """
+        return _build(cls, {**LEGACY_ARCHITECTURE_DEFAULTS, **dict(data)}, "training config")
 
     def replace(self, **changes: Any) -> TrainingConfig:
         """A copy with some settings changed."""
@@ -264,7 +286,9 @@ def adopt_source(config: TrainingConfig, checkpoint: dict, path: str) -> None:
             f"images have {config.in_channels}. Use images with those channels, or train from "
             "scratch."
         )
-    config.use_architecture(architecture)
+    foreground = config.foreground
+    config.use_architecture(complete_architecture(architecture))
+    config.foreground = foreground  # a source without the head gets one (see load_source_state)
     source_lr = dict(checkpoint.get("config", {})).get("lr") or DEFAULT_LR
     if config.lr is None:
         config.lr = float(source_lr) / FINE_TUNE_LR_DIVISOR

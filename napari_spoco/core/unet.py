@@ -47,7 +47,17 @@ class ConvBlock(nn.Sequential):
 
 ARCHITECTURE_KEYS = (
     "in_channels", "out_channels", "ndim", "features", "norm", "num_groups", "anisotropic_levels",
+    "foreground",
 )
+
+#: Values of keys that older checkpoints do not store: they were written before the key existed,
+#: so their networks are what the old default built (no foreground head).
+LEGACY_ARCHITECTURE_DEFAULTS = {"foreground": False}
+
+
+def complete_architecture(config: dict) -> dict:
+    """``config`` with the keys older checkpoints lack filled in with what they meant."""
+    return {**LEGACY_ARCHITECTURE_DEFAULTS, **dict(config)}
 
 
 def architecture_config(settings) -> dict:
@@ -82,6 +92,16 @@ class UNet(nn.Module):
     anisotropic_levels : int
         3D only: how many of the first poolings keep z (pool 1×2×2) for thin-slice stacks. The
         convolutions stay 3×3×3 at every level, as in the paper's 3D networks.
+    foreground : bool
+        Add a second 1×1 head with one channel: the foreground logit (object vs background),
+        returned after the E embedding channels. Clustering then only runs where it says
+        "object" (see ``core/foreground.py``).
+
+    Examples
+    --------
+    >>> net = UNet(out_channels=8, features=(8, 16), foreground=True)
+    >>> net(torch.zeros(1, 1, 20, 20)).shape  # 8 embedding channels + 1 foreground logit
+    torch.Size([1, 9, 20, 20])
     """
 
     def __init__(
@@ -93,6 +113,7 @@ class UNet(nn.Module):
         norm: str | None = "group",
         num_groups: int = 8,
         anisotropic_levels: int = 0,
+        foreground: bool = False,
     ):
         super().__init__()
         features = tuple(int(f) for f in features)
@@ -125,6 +146,9 @@ class UNet(nn.Module):
         self.norm = norm
         self.num_groups = int(num_groups)
         self.anisotropic_levels = int(anisotropic_levels)
+        if not isinstance(foreground, bool):
+            raise SpocoInputError(f"UNet foreground must be True or False, got {foreground!r}.")
+        self.foreground = foreground
 
         block = dict(ndim=ndim, norm=norm, num_groups=self.num_groups)
         self.encoders = nn.ModuleList()
@@ -138,6 +162,14 @@ class UNet(nn.Module):
         )
         conv = nn.Conv2d if ndim == 2 else nn.Conv3d
         self.head = conv(features[0], self.out_channels, kernel_size=1)
+        # A separate module (not a wider head) so that a source network without it loads its
+        # weights unchanged and only this head starts from scratch when fine-tuning.
+        self.foreground_head = conv(features[0], 1, kernel_size=1) if foreground else None
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of :meth:`forward`'s output: E embeddings, plus 1 with the foreground head."""
+        return self.out_channels + int(self.foreground)
 
     @property
     def config(self) -> dict:
@@ -160,7 +192,7 @@ class UNet(nn.Module):
                 f"UNet config has unknown keys {sorted(unknown)}; it was written by another "
                 "version or for another network. Known keys: " + ", ".join(sorted(known)) + "."
             )
-        return cls(**config)
+        return cls(**complete_architecture(config))
 
     @property
     def pool_kernels(self) -> tuple[tuple[int, ...], ...]:
@@ -238,5 +270,7 @@ class UNet(nn.Module):
                                           reversed(self.pool_kernels)):
             x = F.interpolate(x, scale_factor=kernel, mode="nearest")
             x = decoder(torch.cat([skip, x], dim=1))
-        x = self.head(x)
-        return x[(..., *(slice(0, size) for size in spatial))]
+        crop = (..., *(slice(0, size) for size in spatial))
+        if self.foreground_head is None:
+            return self.head(x)[crop]
+        return torch.cat([self.head(x), self.foreground_head(x)], dim=1)[crop]

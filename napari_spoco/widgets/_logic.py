@@ -76,24 +76,6 @@ def count_objects(labels: np.ndarray, background_id: int | None = None) -> int:
     return int(ids.size)
 
 
-def suggest_min_size(arrays: Sequence[np.ndarray], background_id: int | None = None,
-                     fraction: float = 0.25) -> int:
-    """Smallest segment worth keeping: ``fraction`` of the median painted object size.
-
-    Clustering leaves small fragments (mostly in unlabeled background); segments much smaller
-    than anything the user painted are rarely objects.
-    """
-    sizes = []
-    for array in arrays:
-        counts = np.bincount(np.asarray(array).ravel().astype(np.int64, copy=False))
-        counts[0] = 0
-        if background_id is not None and background_id < counts.size:
-            counts[background_id] = 0
-        sizes.append(counts[counts > 0])
-    sizes = np.concatenate(sizes) if sizes else np.zeros(0)
-    return int(fraction * np.median(sizes)) if sizes.size else 0
-
-
 def default_learning_rate(fine_tuning: bool) -> float:
     """The specification's Adam learning rate; fine-tuning uses a tenth of it."""
     return LR_FINE_TUNING if fine_tuning else LR_FROM_SCRATCH

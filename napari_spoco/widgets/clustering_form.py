@@ -31,6 +31,11 @@ class ClusteringForm(QWidget):
                 spin = QSpinBox() if kind is int else QDoubleSpinBox()
                 spin.setRange(low, high)
                 spin.setValue(default)
+                if name == "min_size":
+                    # 0 = let core.segmentation decide (a fifth of the median painted object)
+                    spin.setSpecialValueText("auto (from the painted objects)")
+                    spin.setToolTip("Smaller segments join a neighbour. 'auto': a fifth of the "
+                                    "median size of the objects the model was trained on")
                 self._fields[(key, name)] = spin
                 self._layout.addRow(label, spin)
         self.merge_check = QCheckBox("merge clusters closer than δd")
@@ -42,6 +47,12 @@ class ClusteringForm(QWidget):
                                    "object instead of leaving holes (seeded watershed)")
         self.fill_check.setChecked(True)
         self._layout.addRow("", self.fill_check)
+        self.foreground_check = QCheckBox("only inside the predicted foreground")
+        self.foreground_check.setToolTip(
+            "Cluster only pixels the model's foreground head calls 'object' (needs a few "
+            "painted background strokes in training); off: cluster every pixel")
+        self.foreground_check.setChecked(True)
+        self._layout.addRow("", self.foreground_check)
         self.method_combo.currentIndexChanged.connect(self._show_fields)
         self._show_fields()
 
@@ -60,9 +71,9 @@ class ClusteringForm(QWidget):
         """The chosen method and its parameter values."""
         method = self.method
         params = {name: spin.value() for (key, name), spin in self._fields.items()
-                  if key == method}
-        if self.merge_check.isChecked():
-            params["merge"] = True
-        if self.fill_check.isChecked() and params.get("min_size", 0) > 0:
-            params["fill"] = True
+                  if key == method and not (name == "min_size" and spin.value() == 0)}
+        params["merge"] = self.merge_check.isChecked()
+        params["fill"] = self.fill_check.isChecked()
+        if not self.foreground_check.isChecked():
+            params["use_foreground"] = False
         return method, params

@@ -287,6 +287,15 @@ class DataWidget(QWidget):
         layer.events.paint.connect(lambda e: self._count_timer.start())
         layer.events.data.connect(lambda e: self._count_timer.start())
         self._bound_layers.add(layer)
+        self._detect_background(layer)
+
+    def _detect_background(self, layer) -> None:
+        """Turn the background brush on when a layer already holds its id (e.g. a sample)."""
+        if self.background_check.isChecked():
+            return
+        value = self.background_spin.value()
+        if np.any(np.asarray(layer.data) == value):
+            self.background_check.setChecked(True)
 
     def _target_layer(self, layer=None):
         if isinstance(layer, Labels):

@@ -67,6 +67,7 @@ class ModelSnapshot:
     normalization: object
     config: dict
     iteration: int
+    annotations: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, trainer) -> ModelSnapshot:
@@ -82,6 +83,7 @@ class ModelSnapshot:
             normalization=trainer.normalization,
             config=trainer.config.to_dict(),
             iteration=int(trainer.iteration),
+            annotations=trainer.annotations,
         )
 
     def build(self, momentum: bool = False):
@@ -157,10 +159,10 @@ def compute_preview(trainer, request: PreviewRequest, method: str = "mws") -> Pr
     Runs in the training thread between steps, on the trainer's device, so the weights are
     consistent and never shared with another thread.
     """
-    from napari_spoco.core.prediction import predict_embeddings
+    from napari_spoco.core.prediction import predict_with_foreground
 
     start = time.perf_counter()
-    embeddings = predict_embeddings(
+    embeddings, foreground = predict_with_foreground(
         trainer.model,
         request.crop(),
         trainer.normalization,
@@ -168,7 +170,8 @@ def compute_preview(trainer, request: PreviewRequest, method: str = "mws") -> Pr
         device=trainer.device,
     )
     shown = embeddings[(slice(None), *request.shown)]
-    pca, instances = project_and_segment(shown, trainer.config, method)
+    shown_foreground = None if foreground is None else foreground[tuple(request.shown)]
+    pca, instances = project_and_segment(shown, shown_foreground, trainer, method)
     return PreviewResult(
         request=request,
         pca=pca,
@@ -179,34 +182,31 @@ def compute_preview(trainer, request: PreviewRequest, method: str = "mws") -> Pr
     )
 
 
-def project_and_segment(embeddings: np.ndarray, config, method: str = "mws", project=True,
-                        **params):
+def project_and_segment(embeddings: np.ndarray, foreground, model_source, method: str = "mws",
+                        project=True, **params):
     """PCA colours (None unless ``project``) and instance labels of ``(E, *spatial)`` embeddings.
 
     Length-1 axes (the hidden axes of a preview) are squeezed for clustering, so a 2D slice of
-    a 3D stack is segmented with 2D neighbourhoods, and restored afterwards. Clustering uses the
-    margins ``delta_v``/``delta_d`` the network was trained with.
+    a 3D stack is segmented with 2D neighbourhoods, and restored afterwards. The clustering
+    settings are ``core.segmentation.settings_for(model_source)`` (a Trainer, a checkpoint or a
+    snapshot) with the user's choices ``params``: the command line decides the same way.
     """
     from napari_spoco.core.pca import EmbeddingPCA
+    from napari_spoco.core.segmentation import foreground_kwargs, settings_for
 
     from .clustering_process import segment_off_thread
 
     spatial = embeddings.shape[1:]
-    squeezed = embeddings.reshape(embeddings.shape[0], *[s for s in spatial if s > 1] or [1])
+    kept = [s for s in spatial if s > 1] or [1]
+    squeezed = embeddings.reshape(embeddings.shape[0], *kept)
     pca = None
     if project:
         pca = EmbeddingPCA().fit_transform(squeezed, seed=0).reshape(*spatial, 3)
-    params = {**_loss_margins(config), **params}
-    labels = segment_off_thread(squeezed, method, **params)
+    settings = settings_for(model_source, method=method, ndim=len(kept), **params)
+    if foreground is not None:
+        foreground = np.asarray(foreground).reshape(kept)
+    kwargs = settings.segment_kwargs()
+    kwargs.pop("method")
+    labels = segment_off_thread(squeezed, method, **foreground_kwargs(foreground, settings),
+                                **kwargs)
     return pca, np.asarray(labels).reshape(spatial)
-
-
-def _loss_margins(config) -> dict:
-    """``delta_v``/``delta_d`` the network was trained with: clustering uses the same margins."""
-    loss = getattr(config, "loss", None)
-    if loss is None and isinstance(config, dict):
-        loss = config.get("loss", {})
-    if loss is None:
-        return {}
-    get = loss.get if isinstance(loss, dict) else lambda k, d=None: getattr(loss, k, d)
-    return {k: float(get(k)) for k in ("delta_v", "delta_d") if get(k) is not None}

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 from napari_spoco.core.devices import available_devices
 from napari_spoco.core.errors import SpocoInputError
 
-from ._logic import accept_indices, next_free_label, object_at, suggest_min_size
+from ._logic import accept_indices, next_free_label, object_at
 from .clustering_form import ClusteringForm
 from .data_widget import OUTPUT_FLAG, is_output
 from .layers import channel_mode_for, image_view, show_image, show_labels
@@ -156,16 +156,6 @@ class SegmentWidget(QWidget):
         else:
             self.model_combo.setCurrentIndex(0)
 
-    def suggest_min_size(self) -> int:
-        """Set every method's minimum object size from the painted objects (a quarter of the
-        median painted size) and return it."""
-        layers = self.data.labels_layers()
-        size = suggest_min_size([lyr.data for lyr in layers], self.data.background_id)
-        for (_, name), spin in self.clustering._fields.items():
-            if name == "min_size":
-                spin.setValue(size)
-        return size
-
     def _update_buttons(self):
         busy = self.worker is not None
         self.predict_button.setEnabled(not busy)
@@ -175,7 +165,7 @@ class SegmentWidget(QWidget):
     # -- predicting ---------------------------------------------------------------------------
 
     def _model_loader(self):
-        """A callable returning ``(model, normalization, config)``, run in the worker."""
+        """A callable returning ``(model, normalization, model_source)``, run in the worker."""
         path = self.model_combo.currentData()
         device = self.device_combo.currentText()
         if path is None:
@@ -184,14 +174,14 @@ class SegmentWidget(QWidget):
                 raise SpocoInputError(
                     "There is no trained model yet: train one in the Train tab (its preview "
                     "or end makes it current), or choose a checkpoint file as the model.")
-            return (lambda: (snapshot.build(), snapshot.normalization, snapshot.config)), \
+            return (lambda: (snapshot.build(), snapshot.normalization, snapshot)), \
                 f"snapshot@{snapshot.iteration}"
 
         def load():
             from napari_spoco.core.checkpoint import load_model
 
             loaded = load_model(path, device)
-            return loaded.model, loaded.normalization, loaded.config
+            return loaded.model, loaded.normalization, loaded
 
         return load, path
 
@@ -241,10 +231,14 @@ class SegmentWidget(QWidget):
 
     def _on_predicted(self, result, view, model_key):
         self.cache = {"image": view.layer.name, "model": model_key, "view": view,
-                      "embeddings": result["embeddings"], "config": result["config"]}
+                      "embeddings": result["embeddings"], "foreground": result["foreground"],
+                      "source": result["source"]}
         self._show_result(view, result["instances"], result["pca"])
+        notes = "".join(f"\n{note}" for note in result["notes"])
         self.status.setText(f"segmented {view.layer.name!r} in {result['seconds']:.1f} s: "
-                            f"{_count(result['instances'])} objects")
+                            f"{_count(result['instances'])} objects{notes}")
+        for note in result["notes"]:
+            notify_warning(note)
 
     def recluster(self):
         """Cluster the cached embeddings again with the current method and parameters."""
@@ -263,7 +257,7 @@ class SegmentWidget(QWidget):
         cache = self.cache
         self.status.setText(f"clustering with {method}…")
         self.worker = start_function_worker(
-            recluster, cache["embeddings"], cache["config"], method, params,
+            recluster, cache["embeddings"], cache["foreground"], cache["source"], method, params,
             on_return=lambda result: self._on_reclustered(result, cache),
             on_error=self._on_error, on_finish=self._on_finish,
         )

@@ -84,9 +84,9 @@ class SpocoWidget(QWidget):
             dropped_models.dropped.disconnect(self.use_model)
 
     def _on_trained(self, result):
-        # After a run the Segment tab offers the fresh model; its snapshot is the current one.
+        # After a run the Segment tab offers the fresh model; its snapshot is the current one
+        # (and its clustering settings come from core.segmentation, like the CLI's).
         self.segment.model_combo.setCurrentIndex(0)
-        self.segment.suggest_min_size()
 
     def shutdown(self, timeout_s: float = 60.0) -> None:
         """Stop training, write pending annotations, let the warm-up finish (viewer closes)."""

@@ -139,7 +139,9 @@ def predict_and_segment(load_model, image, channel_axis, device, method, params,
     Parameters
     ----------
     load_model : callable
-        Returns ``(model, normalization, config)``; loading happens in the worker too.
+        Returns ``(model, normalization, model_source)``, the last a ``LoadedModel`` or a
+        ``ModelSnapshot`` (what the clustering settings are decided from); loading happens in
+        the worker too.
     progress : Progress
         Updated after every batch of tiles.
     cancel : threading.Event
@@ -147,38 +149,43 @@ def predict_and_segment(load_model, image, channel_axis, device, method, params,
 
     Returns
     -------
-    dict with ``embeddings``, ``pca``, ``instances``, ``config``, ``seconds``.
+    dict with ``embeddings``, ``foreground``, ``pca``, ``instances``, ``source``, ``notes``
+    (what the user should know about the clustering settings) and ``seconds``.
     """
-    from napari_spoco.core.prediction import predict_embeddings
+    from napari_spoco.core.prediction import predict_with_foreground
+    from napari_spoco.core.segmentation import settings_for
 
     from .preview import project_and_segment
 
     start = time.perf_counter()
-    model, normalization, config = load_model()
+    model, normalization, source = load_model()
 
     def report(done, total):
         progress.done, progress.total = done, total
 
-    embeddings = predict_embeddings(
+    embeddings, foreground = predict_with_foreground(
         model, image, normalization, channel_axis=channel_axis, device=device,
         progress=report, cancel=cancel,
     )
-    pca, instances = project_and_segment(embeddings, config, method, **params)
+    pca, instances = project_and_segment(embeddings, foreground, source, method, **params)
     return {
         "embeddings": embeddings,
+        "foreground": foreground,
         "pca": pca,
         "instances": instances,
-        "config": config,
+        "source": source,
+        "notes": settings_for(source, method=method, **params).notes,
         "seconds": time.perf_counter() - start,
     }
 
 
-def recluster(embeddings, config, method, params):
+def recluster(embeddings, foreground, source, method, params):
     """Cluster cached embeddings again with another method or parameters (in a worker)."""
     from .preview import project_and_segment
 
     start = time.perf_counter()
-    _, instances = project_and_segment(embeddings, config, method, project=False, **params)
+    _, instances = project_and_segment(embeddings, foreground, source, method, project=False,
+                                       **params)
     return {"instances": instances, "seconds": time.perf_counter() - start}
 
 

@@ -111,6 +111,17 @@ def merge_close_clusters(
     return group[compact]
 
 
+def keep_foreground_segments(labels: np.ndarray, foreground: np.ndarray,
+                             threshold: float = 0.5) -> np.ndarray:
+    """Set every segment whose mean foreground probability is ``<= threshold`` to 0."""
+    compact, sizes = _compact(labels)
+    total = np.bincount(compact.reshape(-1), weights=foreground.reshape(-1),
+                        minlength=sizes.size)
+    background = total <= threshold * np.maximum(sizes, 1)
+    background[0] = True
+    return np.where(background[compact], 0, compact)
+
+
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Set every segment with fewer than ``min_size`` pixels to 0."""
     compact, sizes = _compact(labels)

@@ -1,0 +1,143 @@
+"""Segmentation quality of the default pipeline next to a classical baseline, same run.
+
+Protocol (issue 9): train on the left half of an image (columns < W/2), segment the right half
+with the **defaults** a user gets (``segmentation_settings`` + ``segment_output``, exactly what
+``napari-spoco segment`` runs), and score SBD, AP50 and adapted Rand error against the ground
+truth. The baseline is Otsu thresholding + distance-transform watershed (scikit-image, no
+network), measured on the same half.
+
+Settings: ``dense`` (every object and the background labeled) and ``sparse@p`` (a fraction p of
+the objects plus a few background strokes, as a user would paint them).
+
+    python benchmarks/nuclei_quality.py                                  # StarDist 2D, 3 seeds
+    python benchmarks/nuclei_quality.py --dataset nuclei_2d --seeds 0
+    python benchmarks/nuclei_quality.py --dataset stardist_3d --iterations 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from napari_spoco.core.metrics import evaluate
+from napari_spoco.core.prediction import predict_with_foreground
+from napari_spoco.core.sampling import background_strokes, subsample_objects
+from napari_spoco.core.segmentation import segment_output, settings_for
+from napari_spoco.core.training import Trainer, TrainingConfig
+from napari_spoco.datasets import sample_dataset
+
+BACKGROUND_ID = 65535
+
+
+def otsu_watershed(image: np.ndarray, min_distance: int = 4) -> np.ndarray:
+    """The classical baseline: smooth, Otsu threshold, split touching nuclei by watershed."""
+    from scipy import ndimage
+    from skimage.feature import peak_local_max
+    from skimage.filters import gaussian, threshold_otsu
+    from skimage.segmentation import watershed
+
+    smooth = gaussian(image.astype(np.float32), sigma=1)
+    mask = smooth > threshold_otsu(smooth)
+    mask = ndimage.binary_fill_holes(mask)
+    distance = ndimage.distance_transform_edt(mask)
+    peaks = peak_local_max(distance, min_distance=min_distance, labels=ndimage.label(mask)[0],
+                           exclude_border=False)
+    markers = np.zeros(image.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    return watershed(-distance, markers, mask=mask)
+
+
+def split(array: np.ndarray):
+    half = array.shape[-1] // 2
+    return array[..., :half], array[..., half:]
+
+
+def training_labels(truth: np.ndarray, setting: str, seed: int) -> tuple[np.ndarray, dict]:
+    """Labels and the label convention of one setting (``dense`` or ``sparse@p``)."""
+    if setting == "dense":
+        return truth.astype(np.uint32), {"mode": "dense"}
+    fraction = float(setting.split("@")[1])
+    labels = subsample_objects(truth, fraction, seed).astype(np.uint32)
+    labels[background_strokes(truth, seed=seed)] = BACKGROUND_ID
+    return labels, {"mode": "sparse", "background_id": BACKGROUND_ID}
+
+
+def run_setting(image, truth, setting, seed, args) -> dict:
+    train_image, test_image = split(image)
+    train_truth, test_truth = split(truth)
+    labels, convention = training_labels(train_truth, setting, seed)
+    ndim = image.ndim
+    patch = (128, 128) if ndim == 2 else (16, 64, 64)
+    patch = tuple(min(p, s) for p, s in zip(patch, train_image.shape))
+    config = TrainingConfig(iterations=args.iterations, patch_shape=patch,
+                            batch_size=4 if ndim == 2 else 1, seed=seed, device="cpu",
+                            autosave_seconds=None, **convention)
+    start = time.perf_counter()
+    trainer = Trainer([(train_image, labels)], config)
+    for _ in trainer.steps():
+        pass
+    train_seconds = time.perf_counter() - start
+    embeddings, foreground = predict_with_foreground(trainer.model, test_image,
+                                                     trainer.normalization, device="cpu")
+    settings = settings_for(trainer)
+    seg = segment_output(embeddings, foreground, settings)
+    scores = evaluate(test_truth, seg)
+    return {"setting": setting, "seed": seed, "train_s": train_seconds,
+            "min_size": settings.min_size, "foreground": settings.use_foreground, **scores}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="stardist_2d")
+    parser.add_argument("--settings", nargs="+", default=["dense", "sparse@0.1", "sparse@0.4"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--iterations", type=int, default=1500)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="write all rows here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = sample_dataset(args.dataset, seed=0)
+    image, truth = np.asarray(data["image"]), np.asarray(data["labels"])
+    _, test_image = split(image)
+    _, test_truth = split(truth)
+    print(f"{data['name']}: image {image.shape}, {int(np.unique(test_truth).size - 1)} objects "
+          f"in the test half; load {os.getloadavg()[0]:.1f}", flush=True)
+    baseline = evaluate(test_truth, otsu_watershed(test_image))
+    rows = [{"setting": "Otsu + watershed (no network)", "seed": "-", **baseline}]
+    print(f"  baseline: SBD {baseline['sbd']:.3f} AP50 {baseline['ap50']:.3f} "
+          f"ARand {baseline['adapted_rand_error']:.3f} segments {baseline['n_seg']}", flush=True)
+    for setting in args.settings:
+        for seed in args.seeds:
+            row = run_setting(image, truth, setting, seed, args)
+            rows.append(row)
+            print(f"  {setting:<11} seed {seed}: SBD {row['sbd']:.3f} AP50 {row['ap50']:.3f} "
+                  f"ARand {row['adapted_rand_error']:.3f} segments {row['n_seg']} "
+                  f"(min_size {row['min_size']}, foreground {row['foreground']}, "
+                  f"{row['train_s']:.0f} s)", flush=True)
+    print(f"\n| {data['name']} | SBD | AP50 | ARand | segments (GT {baseline['n_gt']}) |")
+    print("|---|---|---|---|---|")
+    print(f"| Otsu + watershed | {baseline['sbd']:.3f} | {baseline['ap50']:.3f} | "
+          f"{baseline['adapted_rand_error']:.3f} | {baseline['n_seg']} |")
+    for setting in args.settings:
+        picked = [r for r in rows if r["setting"] == setting]
+
+        def mean_sd(key):
+            values = [float(r[key]) for r in picked]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
+
+        print(f"| {setting}, {args.iterations} steps, {len(picked)} seeds | {mean_sd('sbd')} | "
+              f"{mean_sd('ap50')} | {mean_sd('adapted_rand_error')} | {mean_sd('n_seg')} |")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()

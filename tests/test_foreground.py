@@ -1,0 +1,123 @@
+"""The foreground head: targets, loss, learning, checkpoints and the fine-tuning head."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_spoco.core.checkpoint import load_model, save_checkpoint
+from napari_spoco.core.foreground import foreground_loss, foreground_targets
+from napari_spoco.core.prediction import predict_embeddings, predict_with_foreground
+from napari_spoco.core.sampling import background_strokes
+from napari_spoco.core.training import Trainer
+from napari_spoco.core.unet import UNet
+from training_support import blobs, tiny
+
+
+def test_targets_follow_the_label_convention():
+    labels = torch.tensor([[0, 3, 7, 9]])
+    is_object, known = foreground_targets(labels, "sparse", background_id=7, ignore_id=9)
+    assert is_object.tolist() == [[False, True, False, False]]
+    assert known.tolist() == [[False, True, True, False]]
+    is_object, known = foreground_targets(labels, "dense")
+    assert is_object.tolist() == [[False, True, True, True]] and known.all()
+
+
+def test_loss_ignores_unlabeled_pixels_and_is_zero_without_known_pixels():
+    logits = torch.zeros(1, 4, requires_grad=True)
+    labels = torch.tensor([[0, 0, 0, 0]])
+    loss = foreground_loss(logits, labels, "sparse")
+    assert loss.item() == 0.0
+    loss.backward()  # still attached to the graph
+    # one object pixel and one background pixel: BCE of logit 0 is log 2 per pixel
+    labels = torch.tensor([[0, 5, 8, 0]])
+    assert foreground_loss(logits, labels, "sparse", background_id=8).item() == pytest.approx(
+        np.log(2))
+    # changing an unlabeled pixel's logit changes nothing
+    other = torch.tensor([[9.0, 0.0, 0.0, -9.0]])
+    assert foreground_loss(other, labels, "sparse", background_id=8).item() == pytest.approx(
+        np.log(2))
+
+
+def test_head_learns_the_background_from_a_few_strokes():
+    image, truth = blobs()
+    painted = truth.copy()
+    painted[truth == 30] = 0  # one object left unlabeled: the head must call it foreground
+    painted[background_strokes(truth, n_strokes=4, length=20, seed=0)] = 99
+    config = tiny(iterations=120, mode="sparse", background_id=99, augment=False,
+                  patch_shape=(48, 48))
+    trainer = Trainer([(image, painted)], config)
+    for _ in trainer.steps():
+        pass
+    _, foreground = predict_with_foreground(trainer.model, image, trainer.normalization,
+                                            device="cpu")
+    from scipy import ndimage
+
+    far = ndimage.distance_transform_edt(truth == 0) > 4  # object borders are uncertain
+    assert foreground[far].mean() < 0.3 and (foreground[far] < 0.5).mean() > 0.8
+    assert foreground[truth == 30].mean() > 0.8  # the unlabeled object is foreground too
+
+
+def test_head_is_optional_and_predict_embeddings_drops_it():
+    net = UNet(out_channels=4, features=(4, 8), foreground=True)
+    image = np.random.default_rng(0).normal(size=(24, 24)).astype(np.float32)
+    embeddings = predict_embeddings(net, image, device="cpu")
+    with_fg, foreground = predict_with_foreground(net, image, device="cpu")
+    assert embeddings.shape == with_fg.shape == (4, 24, 24)
+    np.testing.assert_array_equal(embeddings, with_fg)
+    assert foreground.shape == (24, 24) and ((foreground > 0) & (foreground < 1)).all()
+    plain = UNet(out_channels=4, features=(4, 8))
+    assert predict_with_foreground(plain, image, device="cpu")[1] is None
+
+
+def test_tiled_foreground_matches_a_whole_image_pass():
+    torch.manual_seed(0)
+    net = UNet(out_channels=4, features=(4, 8), norm=None, foreground=True).eval()
+    image = np.random.default_rng(1).normal(size=(96, 80)).astype(np.float32)
+    whole = predict_with_foreground(net, image, device="cpu")[1]
+    tiled = predict_with_foreground(net, image, tile_shape=48, overlap=32, device="cpu")[1]
+    np.testing.assert_allclose(tiled, whole, atol=1e-4)
+
+
+def _legacy_checkpoint(path):
+    """A checkpoint as written before the foreground head existed."""
+    trainer = Trainer([blobs()], tiny(iterations=0, foreground=False))
+    payload = trainer.checkpoint_payload()
+    del payload["annotations"]
+    payload["architecture"].pop("foreground")
+    for key in ("foreground", "foreground_weight"):
+        payload["config"].pop(key)
+    save_checkpoint(path, payload)
+    return trainer
+
+
+def test_checkpoints_without_the_head_load_and_fine_tune_with_a_new_head(tmp_path):
+    source = _legacy_checkpoint(tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt")
+    assert loaded.architecture["foreground"] is False and loaded.annotations == {}
+    resumed = Trainer.from_checkpoint(tmp_path / "old.pt", [blobs()], iterations=1)
+    assert resumed.model.foreground is False  # resuming keeps the network as it was
+
+    tuned = Trainer([blobs()], tiny(iterations=0), source=tmp_path / "old.pt")
+    assert tuned.model.foreground is True and tuned.config.foreground is True
+    old_state, new_state = source.model.state_dict(), tuned.model.state_dict()
+    for key, value in old_state.items():
+        torch.testing.assert_close(new_state[key], value)
+    assert {k for k in new_state if k not in old_state} == {
+        "foreground_head.weight", "foreground_head.bias"}
+    tuned.save(tmp_path / "tuned.pt")
+    assert load_model(tmp_path / "tuned.pt").architecture["foreground"] is True
+
+
+def test_background_strokes_stay_off_objects_in_2d_and_3d():
+    labels = np.zeros((4, 64, 64), np.uint32)
+    labels[:, 10:30, 10:30] = 1
+    labels[:, 40:60, 35:60] = 2
+    for array in (labels[0], labels):
+        strokes = background_strokes(array, n_strokes=5, seed=3)
+        assert strokes.sum() > 40
+        assert not strokes[array > 0].any()
+        # at least margin (3 px) from any object
+        from scipy import ndimage
+
+        assert ndimage.distance_transform_edt(array == 0)[strokes].min() > 3
+    assert not background_strokes(np.ones((16, 16), int)).any()
