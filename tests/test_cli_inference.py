@@ -188,7 +188,7 @@ def test_trained_checkpoint_segments_a_real_image_better_than_untrained(tmp_path
     image = tifffile.imread(DATA / "img2d.tif")
     mask = tifffile.imread(DATA / "mask2d.tif")
     config = TrainingConfig(features=(8, 16, 32), out_channels=8, mode="dense",
-                            patch_shape=(128, 128), batch_size=2, iterations=80, device="cpu",
+                            patch_shape=(128, 128), batch_size=2, iterations=150, device="cpu",
                             autosave_seconds=None, seed=0)
     trainer = Trainer([(image, mask)], config)
     trainer.save(tmp_path / "untrained.pt")

@@ -209,5 +209,7 @@ def test_fine_tune_a_shipped_model(spoco, qtbot, notes, tmp_path):
     wait_for_training(qtbot, widget)
     assert messages(notes, "error") == []
     tuned, source = load_model(tmp_path / "tuned.pt"), load_model(path)
-    assert tuned.architecture == source.architecture and tuned.iteration == 2
+    # the source's network, plus a new foreground head (shipped models have none)
+    assert tuned.architecture == {**source.architecture, "foreground": True}
+    assert tuned.iteration == 2
     assert tuned.config["lr"] == pytest.approx(2e-5)

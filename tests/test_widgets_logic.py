@@ -187,13 +187,42 @@ def test_clustering_form_fills_dropped_small_pieces_by_default(qtbot):
     qtbot.addWidget(form)
     form._fields[("mws", "min_size")].setValue(30)
     method, params = form.method_and_params()
-    assert (method, params) == ("mws", {"min_size": 30, "fill": True})
+    assert (method, params) == ("mws", {"min_size": 30, "merge": False, "fill": True})
 
     embeddings, _ = make_embeddings((96, 96), 12, boundary_blur=1.0, seed=3)
-    holes = segment(embeddings, method, min_size=30)
+    holes = segment(embeddings, method, min_size=30, fill=False)
     filled = segment(embeddings, method, **params)
     assert (holes == 0).any()
     assert (filled > 0).all()
 
     form.fill_check.setChecked(False)
-    assert form.method_and_params()[1] == {"min_size": 30}
+    assert form.method_and_params()[1] == {"min_size": 30, "merge": False, "fill": False}
+
+
+def test_dock_and_cli_decide_the_same_clustering_for_one_checkpoint(qtbot, tmp_path):
+    # The form's untouched defaults ("auto" size, fill, foreground on) must leave every
+    # decision to core.segmentation, exactly as `napari-spoco segment` with no option does.
+    import argparse
+
+    from napari_spoco.cli.segment import add_parser, settings_from_args
+    from napari_spoco.core.checkpoint import load_model
+    from napari_spoco.core.segmentation import settings_for
+    from napari_spoco.core.training import Trainer
+    from napari_spoco.widgets.clustering_form import ClusteringForm
+
+    from training_support import blobs, tiny
+
+    image, truth = blobs()
+    truth[40:44, 40:46] = 99
+    Trainer([(image, truth)], tiny(iterations=0, background_id=99)).save(tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt")
+    form = ClusteringForm()
+    qtbot.addWidget(form)
+    method, params = form.method_and_params()
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["segment", "--checkpoint", "m.pt", "--image", "x.tif", "--out",
+                              "s.tif"])
+    cli = settings_from_args(args, loaded, 2)
+    assert settings_for(loaded, method=method, ndim=2, **params) == cli
+    assert cli.use_foreground and cli.min_size == 28  # a fifth of the 144-pixel objects

@@ -120,7 +120,8 @@ def method_params(args) -> dict:
                 "remove it or choose that method."
             )
         params[keyword] = value
-    params["seed"] = args.seed  # every method takes one
+    if args.seed != 0:  # every method takes one; 0 is theirs too, so the default stays implicit
+        params["seed"] = args.seed
     return params
 
 
