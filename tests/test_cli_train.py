@@ -119,3 +119,17 @@ def test_input_errors_exit_2_with_a_message(case, message, files_2d, files_3d, t
     assert train(*args) == 2
     err = capsys.readouterr().err
     assert "napari-spoco train: error:" in err and message in err
+
+
+def test_sparse_labels_without_background_are_told_to_paint_some(files_2d, tmp_path, capsys):
+    image, labels = files_2d
+    assert train("--image", image, "--labels", labels, "--out", tmp_path / "a.pt",
+                 "--patch-shape", "32", "32", *TINY) == 0
+    assert "No background was painted" in capsys.readouterr().err
+    painted = tifffile.imread(labels)
+    painted[30:34, 2:12] = 500
+    tifffile.imwrite(tmp_path / "with_bg.tif", painted)
+    assert train("--image", image, "--labels", tmp_path / "with_bg.tif", "--background-id",
+                 "500", "--out", tmp_path / "b.pt", "--patch-shape", "32", "32", *TINY) == 0
+    assert "No background was painted" not in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "b.pt")["annotations"]["background_known"] is True

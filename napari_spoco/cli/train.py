@@ -155,6 +155,10 @@ def run(args) -> int:
         f"device {trainer.device}" + (f", from {args.source}" if args.source else ""),
         file=sys.stderr,
     )
+    from napari_spoco.core.segmentation import training_notes
+
+    for note in training_notes(trainer.data.label_arrays(), config):
+        print(f"note: {note}", file=sys.stderr)
     bar = tqdm(total=config.iterations, initial=trainer.iteration, unit="step",
                disable=True if args.no_progress else None, dynamic_ncols=True)
     try:

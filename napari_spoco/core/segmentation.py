@@ -250,3 +250,14 @@ def settings_for(model_source, *, method: str = "mws", ndim: int | None = None,
         architecture = model_source.model.config
     return segmentation_settings(model_source.config, architecture, model_source.annotations,
                                  method=method, ndim=ndim, **overrides)
+
+
+def training_notes(label_arrays, config) -> list:
+    """What a user should know before training on these labels (e.g. no background painted).
+
+    The same notes the segmentation settings of the trained model will carry, so the Train
+    tab and ``napari-spoco train`` warn before the run instead of after it.
+    """
+    summary = summarize_annotations(label_arrays, config.mode, config.background_id,
+                                    config.ignore_id)
+    return segmentation_settings(config, {"foreground": config.foreground}, summary).notes

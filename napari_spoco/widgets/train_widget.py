@@ -147,8 +147,11 @@ class TrainWidget(QWidget):
         except SpocoInputError as err:
             notify_error(err, "starting training")
             return None
+        from napari_spoco.core.segmentation import training_notes
         from napari_spoco.core.training import Trainer
 
+        for note in training_notes(arrays, config):
+            notify_warning(note)
         # Python's full garbage collection scans every object of napari's large heap (0.2 s on
         # a slow CPU) whichever thread triggers it, and training allocates enough to trigger
         # it often. While training runs, the objects that exist now (napari, Qt, torch) are
