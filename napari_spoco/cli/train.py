@@ -155,9 +155,9 @@ def run(args) -> int:
         f"device {trainer.device}" + (f", from {args.source}" if args.source else ""),
         file=sys.stderr,
     )
-    from napari_spoco.core.segmentation import training_notes
+    from napari_spoco.core.segmentation import settings_for
 
-    for note in training_notes(trainer.data.label_arrays(), config):
+    for note in settings_for(trainer).notes:
         print(f"note: {note}", file=sys.stderr)
     bar = tqdm(total=config.iterations, initial=trainer.iteration, unit="step",
                disable=True if args.no_progress else None, dynamic_ncols=True)

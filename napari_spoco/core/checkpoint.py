@@ -289,14 +289,13 @@ def load_source_state(model: torch.nn.Module, state: dict, path: str = "checkpoi
     mismatch raises ``CheckpointError`` as in :func:`load_state`.
     """
     head = "foreground_head."
-    has_head = any(key.startswith(head) for key in model.state_dict())
-    state = {key: value for key, value in dict(state).items()
-             if has_head or not key.startswith(head)}
-    if not has_head or any(key.startswith(head) for key in state):
-        load_state(model, state, path)
-        return
     own = model.state_dict()
-    load_state(model, {**{k: v for k, v in own.items() if k.startswith(head)}, **state}, path)
+    state = {key: value for key, value in dict(state).items()
+             if key in own or not key.startswith(head)}
+    for key, value in own.items():
+        if key.startswith(head):
+            state.setdefault(key, value)
+    load_state(model, state, path)
 
 
 @dataclass

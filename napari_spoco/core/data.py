@@ -123,6 +123,7 @@ class TrainingData:
         self.ignore_id = ignore_id
         self.labeled_fraction = float(labeled_fraction)
         self._lock = threading.Lock()
+        self._summary = None  # annotation_summary(), recomputed after set_labels
         self._images, self._labels, self._index = [], [], []
         for i, (image, labels) in enumerate(pairs):
             image, labels = _as_array(image), _as_array(labels)
@@ -222,11 +223,17 @@ class TrainingData:
             self._require_labels(self._index[:index] + [entry] + self._index[index + 1 :])
             self._labels[index] = labels
             self._index[index] = entry
+            self._summary = None
 
-    def label_arrays(self) -> list[np.ndarray]:
-        """The current labels of every pair (the arrays themselves; do not modify them)."""
+    def annotation_summary(self) -> dict:
+        """``segmentation.summarize_annotations`` of the current labels (cached)."""
+        from .segmentation import summarize_annotations
+
         with self._lock:
-            return list(self._labels)
+            if self._summary is None:
+                self._summary = summarize_annotations(
+                    self._labels, self.mode, self.background_id, self.ignore_id)
+            return dict(self._summary)
 
     def objects_per_pair(self, include_background: bool = True) -> list[int]:
         """Number of labeled objects in each pair.

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: Probability above which a pixel counts as foreground.
+#: Mean probability above which a segment counts as foreground.
 FOREGROUND_THRESHOLD = 0.5
 
 
@@ -70,8 +70,7 @@ def foreground_loss(logits: torch.Tensor, labels, mode: str, background_id=None,
         0-d: the mean of the per-class mean losses over the classes present (0 when no pixel
         is known, still attached to the graph).
     """
-    labels = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels)
-    labels = labels.to(logits.device)
+    labels = torch.as_tensor(labels).to(logits.device)
     is_object, known = foreground_targets(labels, mode, background_id, ignore_id)
     per_pixel = F.binary_cross_entropy_with_logits(
         logits, is_object.to(logits.dtype), reduction="none")

@@ -168,7 +168,7 @@ class SpocoLoss(nn.Module):
             return torch.set_grad_enabled(grad and self._weights[name] != 0)
 
         labeled_idx = regions["labeled"].nonzero().squeeze(1)
-        _, segment = torch.unique(labels[labeled_idx], return_inverse=True)
+        object_ids, segment = torch.unique(labels[labeled_idx], return_inverse=True)
         num_objects = int(segment.max()) + 1 if segment.numel() else 0
         counts = torch.bincount(segment, minlength=num_objects).to(emb_f.dtype)
         # index_select, not emb_f[idx]: its backward (index_add) is the cheaper one
@@ -193,8 +193,8 @@ class SpocoLoss(nn.Module):
         with weighted("u_push"):
             unlabeled_idx = regions["unlabeled"].nonzero().squeeze(1)
             terms["u_push"] = unlabeled_push_term(
-                emb_f.index_select(0, unlabeled_idx), self._not_background(means, labels,
-                                                                        labeled_idx), self.delta_d
+                emb_f.index_select(0, unlabeled_idx), self._not_background(means, object_ids),
+                self.delta_d
             )
 
         if self.ignore_id is None:
@@ -217,7 +217,7 @@ class SpocoLoss(nn.Module):
         anchor = attached_zero(emb_f)
         return {name: value + anchor for name, value in terms.items()}
 
-    def _not_background(self, means, labels, labeled_idx):
+    def _not_background(self, means, object_ids):
         """The object means without the painted background's (sparse mode).
 
         Unlabeled pixels may well be background, so pushing them away from the background's
@@ -225,8 +225,7 @@ class SpocoLoss(nn.Module):
         """
         if self.mode != "sparse" or self.background_id is None or means.shape[0] == 0:
             return means
-        ids = torch.unique(labels[labeled_idx])
-        keep = ids != _id_as_int64(self.background_id)
+        keep = object_ids != _id_as_int64(self.background_id)
         return means if bool(keep.all()) else means[keep]
 
     def _regions(self, labels):

@@ -307,11 +307,11 @@ def predict_with_foreground(model: torch.nn.Module, image, normalization=None, *
 
     if not getattr(model, "foreground", False):
         return predict_embeddings(model, image, normalization, **kwargs), None
-    channel_axis = kwargs.get("channel_axis")
     shape = tuple(int(s) for s in image.shape)
-    if channel_axis is not None and -len(shape) <= channel_axis < len(shape):
-        shape = shape[:channel_axis % len(shape)] + shape[channel_axis % len(shape) + 1:]
-    logits = np.zeros(shape, np.float32)
+    requested_axis = kwargs.get("channel_axis")
+    channel_axis = _check_layout(shape, model_ndim(model, len(shape), requested_axis),
+                                 requested_axis)
+    logits = np.zeros([s for a, s in enumerate(shape) if a != channel_axis], np.float32)
     embeddings = predict_embeddings(model, image, normalization, foreground_out=logits, **kwargs)
     return embeddings, foreground_probability(logits)
 

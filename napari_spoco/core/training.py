@@ -34,7 +34,6 @@ from .foreground import foreground_loss, split_output
 from .loss import SpocoLoss
 from .momentum import make_momentum_copy, momentum_update
 from .normalization import Normalization
-from .segmentation import summarize_annotations
 from .training_config import (
     LossSettings,
     TrainingConfig,
@@ -305,14 +304,7 @@ class Trainer:
     @property
     def annotations(self) -> dict:
         """:func:`~.segmentation.summarize_annotations` of the current training labels."""
-        arrays = self.data.label_arrays()
-        key = tuple(id(array) for array in arrays)
-        if getattr(self, "_annotations_key", None) != key:
-            config = self.config
-            self._annotations = summarize_annotations(
-                arrays, config.mode, config.background_id, config.ignore_id)
-            self._annotations_key = key
-        return dict(self._annotations)
+        return self.data.annotation_summary()
 
     @property
     def paused(self) -> bool:
