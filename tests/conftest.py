@@ -16,3 +16,9 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def private_autosave_folder(tmp_path, monkeypatch):
+    """Keep the dock's automatic annotation stores out of the real user data folder."""
+    monkeypatch.setenv("NAPARI_SPOCO_DATA_DIR", str(tmp_path / "napari-spoco-data"))

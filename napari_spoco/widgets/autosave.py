@@ -1,26 +1,36 @@
 """Autosaving annotation layers to a zarr store, so that a crash loses no painting.
 
-Every annotation layer is one array of the store (named after the layer). After each brush
-stroke, fill or accepted object the bounding box of the change is marked dirty; one second after
-the last change the dirty boxes are copied (on the main thread, fast) and written by a worker
-thread (slow disks never freeze the viewer).
-
-Crash safety: zarr's local store writes each chunk to a temporary file and renames it into place
-(zarr-python 2 and 3), so a chunk on disk is always either its old or its new content, never
-torn. A crash during a save can leave a stroke that spans several chunks partly saved, and loses
-at most the last second of work.
+Every annotation layer is one array of the store. Each brush stroke, fill, undo or accepted
+object marks the bounding box of its change dirty; a :class:`~.autosave_policy.WriteSchedule`
+says when to write (1 s after the last edit, at most 2 s after the first unwritten one, so
+painting that never pauses is still written). The dirty boxes are then copied on the main
+thread (fast) and written by a worker thread (slow disks never freeze the viewer). Writes are
+atomic per file (see :mod:`.autosave_store`).
 """
 
 from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 from superqt.utils import create_worker
 
-from ._logic import safe_store_name
+from .autosave_policy import WriteSchedule, array_name_for
+from .autosave_store import restore_layers, stored_array_names, write_region
 
-#: Seconds of quiet after the last edit before saving.
-DEBOUNCE_MS = 1000
+__all__ = ["AnnotationAutosave", "restore_layers", "stores_written_here"]
+
+#: Stores an autosave of this process writes to. Restore-on-open skips them: what they hold
+#: is this session's own work, already in the viewer (or deliberately removed from it).
+stores_written_here: set[str] = set()
+
+
+def store_key(path) -> str:
+    """One spelling per store, to compare paths."""
+    return str(Path(path).expanduser().resolve())
 
 
 def _atom_box(atom, shape):
@@ -45,44 +55,39 @@ def _union(box_a, box_b):
     return tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(box_a, box_b))
 
 
-def _create(group, name, shape, dtype):
-    chunks = tuple(min(s, 256 if len(shape) == 2 else 64) for s in shape)
-    create = getattr(group, "create_array", None)
-    if create is None:  # zarr 2
-        create = group.create_dataset
-    return create(name, shape=shape, dtype=dtype, chunks=chunks, fill_value=0)
-
-
-def _write(store_path, name, box, block, attrs, shape, dtype):
-    import zarr
-
-    group = zarr.open_group(store_path, mode="a")
-    array = group[name] if name in group else _create(group, name, shape, dtype)
-    if tuple(array.shape) != tuple(shape) or array.dtype != np.dtype(dtype):
-        # The layer was replaced by one of another shape: start its array afresh.
-        del group[name]
-        array = _create(group, name, shape, dtype)
-    array.attrs.update(attrs)
-    array[box] = block
-    return name
-
-
 class AnnotationAutosave(QObject):
-    """Keep a zarr store in sync with a set of napari Labels layers."""
+    """Keep a zarr store in sync with a set of napari Labels layers.
 
-    saved = Signal(str)  # the layer name just written
+    Parameters
+    ----------
+    store_path : str or PathLike
+        The zarr store.
+    parent : QObject, optional
+    schedule : WriteSchedule, optional
+        When to write; default 1 s debounce, 2 s maximum wait.
+    clock : callable, optional
+        Monotonic seconds (``time.monotonic``).
+    """
+
+    saved = Signal(str)  # the array just written
     failed = Signal(object)  # the exception
 
-    def __init__(self, store_path, parent=None):
+    def __init__(self, store_path, parent=None, *, schedule: WriteSchedule | None = None,
+                 clock=time.monotonic):
         super().__init__(parent)
         self.store_path = str(store_path)
+        stores_written_here.add(store_key(store_path))
+        self.schedule = schedule or WriteSchedule()
+        self._clock = clock
         self._layers = {}  # layer -> array name
+        self._claimed = set()  # stored arrays this autosave may overwrite
         self._dirty = {}  # layer -> box
         self._history = {}  # layer -> (undo, redo) lengths last seen
         self._worker = None
+        self._writing = {}  # layer -> box being written (merged back if the write fails)
+        self.failures = 0
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
-        self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.flush)
 
     @property
@@ -90,11 +95,30 @@ class AnnotationAutosave(QObject):
         """Whether edits wait to be written or a write is running."""
         return bool(self._dirty) or self._worker is not None
 
-    def track(self, layer, image_name: str = "") -> str:
-        """Start saving ``layer``; its whole content is written once now."""
+    @property
+    def tracked_layers(self) -> list:
+        """The layers this autosave writes."""
+        return list(self._layers)
+
+    def array_name(self, layer) -> str | None:
+        """The store array ``layer`` is written to (None: not tracked)."""
+        return self._layers.get(layer)
+
+    def track(self, layer, image_name: str = "", array_name: str | None = None) -> str:
+        """Start saving ``layer``; its whole content is written within a second.
+
+        ``array_name``: the array ``layer`` was restored from (it continues there); otherwise
+        a new name that overwrites no array of an earlier session (:func:`array_name_for`).
+        """
         if layer in self._layers:
             return self._layers[layer]
-        name = safe_store_name(layer.name, list(self._layers.values()))
+        tracked = list(self._layers.values())
+        if array_name is not None and array_name not in tracked:
+            name = array_name
+        else:
+            name = array_name_for(layer.name, tracked, stored_array_names(self.store_path),
+                                  self._claimed)
+        self._claimed.add(name)
         self._layers[layer] = name
         self._history[layer] = self._history_lengths(layer)
         layer.metadata["spoco_image"] = image_name
@@ -139,14 +163,20 @@ class AnnotationAutosave(QObject):
 
     def _mark(self, layer, box) -> None:
         self._dirty[layer] = _union(self._dirty.get(layer), box)
-        self._timer.start()
+        self.schedule.edit(self._clock())
+        self._arm()
+
+    def _arm(self) -> None:
+        # Restarting the timer on every edit is safe: the schedule never moves the write past
+        # the maximum wait of the first unwritten edit.
+        delay = self.schedule.delay(self._clock())
+        if delay is not None:
+            self._timer.start(math.ceil(delay * 1000))
 
     def flush(self) -> None:
-        """Write every dirty region now (in a worker; later edits queue behind it)."""
+        """Write every dirty region now (in a worker; edits made meanwhile queue behind it)."""
         if self._worker is not None or not self._dirty:
-            if self._dirty:
-                self._timer.start()
-            return
+            return  # a running write re-arms the timer when it ends (_on_written)
         jobs = []
         for layer, box in self._dirty.items():
             if layer not in self._layers:
@@ -157,7 +187,9 @@ class AnnotationAutosave(QObject):
                      "translate": [float(v) for v in layer.translate]}
             jobs.append((self._layers[layer], box, block, attrs, tuple(layer.data.shape),
                          str(layer.data.dtype)))
+        self._writing = {layer: box for layer, box in self._dirty.items() if layer in self._layers}
         self._dirty.clear()
+        self.schedule.taken()
         self._worker = create_worker(
             self._write_all, jobs,
             _connect={"returned": self._on_written, "errored": self._on_failed},
@@ -165,18 +197,25 @@ class AnnotationAutosave(QObject):
 
     def _write_all(self, jobs):
         for name, box, block, attrs, shape, dtype in jobs:
-            _write(self.store_path, name, box, block, attrs, shape, dtype)
+            write_region(self.store_path, name, box, block, attrs, shape, dtype)
         return [job[0] for job in jobs]
 
     def _on_written(self, names):
         self._worker = None
+        self._writing = {}
         for name in names:
             self.saved.emit(name)
         if self._dirty:
-            self._timer.start()
+            self._arm()
 
     def _on_failed(self, error):
         self._worker = None
+        # Keep what was not written: the next edit (or wait()) tries again. No retry timer
+        # here, so that a full or read-only disk gives one message per edit, not a stream.
+        for layer, box in self._writing.items():
+            self._dirty[layer] = _union(self._dirty.get(layer), box)
+        self._writing = {}
+        self.failures += 1
         self.failed.emit(error)
 
     def wait(self, timeout_ms: int = 10_000) -> None:
@@ -184,18 +223,11 @@ class AnnotationAutosave(QObject):
         from qtpy.QtCore import QCoreApplication, QElapsedTimer
 
         self._timer.stop()
+        failures = self.failures
         clock = QElapsedTimer()
         clock.start()
         self.flush()
-        while self.busy and clock.elapsed() < timeout_ms:
+        while self.busy and clock.elapsed() < timeout_ms and self.failures == failures:
             QCoreApplication.processEvents()
             if self._worker is None and self._dirty:
                 self.flush()
-
-
-def restore_layers(store_path):
-    """``(name, array, attrs)`` of every array in an autosave store, to re-add as Labels."""
-    import zarr
-
-    group = zarr.open_group(str(store_path), mode="r")
-    return [(name, np.asarray(array[...]), dict(array.attrs)) for name, array in group.arrays()]

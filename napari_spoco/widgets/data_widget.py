@@ -149,6 +149,8 @@ class DataWidget(QWidget):
         viewer.bind_key(NEW_OBJECT_KEY, self._viewer_new_object, overwrite=True)
         viewer.bind_key(BACKGROUND_KEY, self._viewer_background, overwrite=True)
         self.add_row()
+        for layer in self._layers(Image):  # opened before the dock: restore their work too
+            self.autosave.image_opened(layer)
 
     # -- layer choices ---------------------------------------------------------------------
 
@@ -164,6 +166,8 @@ class DataWidget(QWidget):
     def _on_inserted(self, event):
         event.value.events.name.connect(self._refresh_choices)
         self._refresh_choices()
+        if isinstance(event.value, Image) and not is_output(event.value):
+            self.autosave.image_opened(event.value)
 
     def _refresh_choices(self, event=None):
         for row in self.rows:
@@ -242,7 +246,7 @@ class DataWidget(QWidget):
         if layer is not None:
             self._bind(layer)
             if row.image_layer() is not None:
-                self.autosave.track(layer, row.image_layer().name)
+                self.autosave.track(layer, row.image_layer())
         self.pairs_changed.emit()
         self._count_timer.start()
 
