@@ -81,7 +81,9 @@ def test_channel_axis_comes_from_training_config_or_must_be_given(tmp_path, caps
     without = tiny_checkpoint(tmp_path / "b.pt", in_channels=2, channel_axis=None, image=image,
                               fit_axis=-1)
     out = str(tmp_path / "e.npy")
-    common = ["--image", str(path), "--out", out, "--device", "cpu", "--no-progress"]
+    # the same output three times on purpose: --overwrite
+    common = ["--image", str(path), "--out", out, "--device", "cpu", "--no-progress",
+              "--overwrite"]
     assert main(["predict", "--checkpoint", str(with_axis), *common]) == 0
     assert np.load(out).shape == (4, 30, 31)
     assert main(["predict", "--checkpoint", str(without), *common]) == 2

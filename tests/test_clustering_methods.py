@@ -94,3 +94,21 @@ def test_consistency_keeps_everything_when_views_agree():
     emb, truth = make_embeddings((40, 40), 4, noise=0.1, boundary_blur=0, seed=9)
     labels = segment(emb, "consistency", embeddings_g=emb.copy(), n_anchors=20)
     assert same_partition(labels, truth)
+
+
+@pytest.mark.parametrize("method", ["hdbscan", "meanshift"])
+def test_foreground_components_separate_distant_objects_with_the_same_mean(method):
+    # Four squares on a background. The two far-apart squares share one mean embedding (the
+    # loss never pushed them apart, as in a real image); the touching pair differ.
+    rng = np.random.default_rng(0)
+    truth = np.zeros((64, 64), np.int64)
+    truth[4:20, 4:20], truth[44:60, 44:60] = 1, 2
+    truth[4:20, 40:52], truth[4:20, 52:62] = 3, 4
+    means = np.array([[0, 0, 0], [0, 0, 3], [0, 0, 3], [3, 0, 0], [0, 3, 0]], np.float32)
+    emb = means[truth].transpose(2, 0, 1) + rng.normal(0, 0.05, (3, 64, 64)).astype(np.float32)
+    foreground = (truth > 0).astype(np.float32) * 0.9 + 0.05
+    whole = segment(emb, method, min_size=50, mask=truth > 0)
+    assert whole[10, 10] == whole[50, 50]  # one cluster for two distant objects
+    labels = segment(emb, method, min_size=50, foreground=foreground)
+    assert (labels[truth == 0] == 0).all()
+    assert same_partition(labels[truth > 0], truth[truth > 0])

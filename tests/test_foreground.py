@@ -22,7 +22,7 @@ def test_targets_follow_the_label_convention():
     assert is_object.tolist() == [[False, True, True, True]] and known.all()
 
 
-def test_loss_ignores_unlabeled_pixels_and_is_zero_without_known_pixels():
+def test_loss_weighs_unlabeled_pixels_as_weak_background_and_is_zero_without_known_pixels():
     logits = torch.zeros(1, 4, requires_grad=True)
     labels = torch.tensor([[0, 0, 0, 0]])
     loss = foreground_loss(logits, labels, "sparse")
@@ -32,10 +32,20 @@ def test_loss_ignores_unlabeled_pixels_and_is_zero_without_known_pixels():
     labels = torch.tensor([[0, 5, 8, 0]])
     assert foreground_loss(logits, labels, "sparse", background_id=8).item() == pytest.approx(
         np.log(2))
-    # changing an unlabeled pixel's logit changes nothing
+    # without weight an unlabeled pixel's logit changes nothing
     other = torch.tensor([[9.0, 0.0, 0.0, -9.0]])
-    assert foreground_loss(other, labels, "sparse", background_id=8).item() == pytest.approx(
-        np.log(2))
+    assert foreground_loss(other, labels, "sparse", background_id=8,
+                           unlabeled_weight=0).item() == pytest.approx(np.log(2))
+    # with weight w the unlabeled pixels are one more class, target background, weighing w
+    w = 0.25
+    unlabeled_bce = (np.log1p(np.exp(9.0)) + np.log1p(np.exp(-9.0))) / 2
+    expected = (2 * np.log(2) + w * unlabeled_bce) / (2 + w)
+    assert foreground_loss(other, labels, "sparse", background_id=8,
+                           unlabeled_weight=w).item() == pytest.approx(expected, rel=1e-5)
+    # the ignore id stays out of every class
+    ignored = torch.tensor([[9, 5, 8, 9]])
+    assert foreground_loss(other, ignored, "sparse", background_id=8,
+                           ignore_id=9).item() == pytest.approx(np.log(2))
 
 
 def test_head_learns_the_background_from_a_few_strokes():

@@ -114,3 +114,14 @@ def test_background_region_does_not_become_fragments():
     assert n_objects <= n_segments + 1 and n_segments <= n_objects + 2
     assert (labels[background] == 0).mean() > 0.9
     assert evaluate(truth, labels)["sbd"] > 0.85
+
+
+def test_hdbscan_and_meanshift_without_foreground_carry_a_note():
+    with_background = {"median_object_size": 300, "background_known": True}
+    no_background = {"median_object_size": 300, "background_known": False}
+    for method in ("hdbscan", "meanshift"):
+        fine = segmentation_settings({}, {"foreground": True}, with_background, method=method)
+        assert fine.use_foreground and not fine.notes
+        whole = segmentation_settings({}, {"foreground": False}, no_background, method=method)
+        assert any("distant objects" in note for note in whole.notes)
+    assert not segmentation_settings({}, {"foreground": False}, no_background).notes

@@ -39,6 +39,8 @@ def add_tiling_arguments(parser: argparse.ArgumentParser) -> None:
                        help="tiles per forward pass (default 1 on CPU, more on GPU)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace output files that already exist (never an input file)")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -63,11 +65,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_channel_axis(args, image_ndim: int, loaded) -> int | None:
+def resolve_channel_axis(args, image_shape: tuple[int, ...], loaded) -> int | None:
     """The ``--channel-axis`` given, else none or the training run's, by dimensionality."""
     from napari_spoco.core.errors import SpocoInputError
+    from napari_spoco.core.validation import check_channel_axis
 
+    image_ndim = len(image_shape)
     if args.channel_axis is not None:
+        check_channel_axis(tuple(image_shape), args.channel_axis)
         return args.channel_axis
     ndim = int(loaded.architecture.get("ndim", image_ndim))
     if image_ndim == ndim:
@@ -79,6 +84,22 @@ def resolve_channel_axis(args, image_ndim: int, loaded) -> int | None:
         f"The image has {image_ndim} axes but the model is {ndim}D; if one axis holds "
         "channels, give it with --channel-axis."
     )
+
+
+def check_outputs(outputs, inputs, overwrite: bool) -> None:
+    """``check_output`` for every ``(option, path)`` output before any work starts.
+
+    Each output is also checked against the outputs before it, so ``--out e.npy --pca e.npy``
+    cannot silently replace one result with another.
+    """
+    from napari_spoco.core.io import check_output
+
+    seen = [(option, path) for option, path in inputs if path is not None]
+    for option, path in outputs:
+        if path is None:
+            continue
+        check_output(path, seen, overwrite=overwrite, option=option)
+        seen.append((option, path))
 
 
 @contextlib.contextmanager
@@ -142,29 +163,43 @@ def predict_to(args, loaded, image, out_path, momentum: bool = False):
     from napari_spoco.core.prediction import predict_with_foreground, select_network
 
     model = select_network(loaded, momentum)
-    channel_axis = resolve_channel_axis(args, len(image.shape), loaded)
-    out = None
-    if out_path is not None and Path(out_path).suffix.lower() == ".zarr":
-        axes = range(len(image.shape))
-        if channel_axis is not None:
-            axes = [a for a in axes if a != channel_axis % len(image.shape)]
-        spatial = tuple(image.shape[a] for a in axes)
-        out = create_zarr_output(out_path, (model.out_channels, *spatial))
-    with progress_bar("predict", args.no_progress) as progress:
-        embeddings, foreground = predict_with_foreground(
-            model, image, loaded.normalization, channel_axis=channel_axis,
-            tile_shape=args.tile_shape, overlap=args.overlap, batch_size=args.batch_size,
-            device=args.device, out=out, progress=progress,
-        )
-    if out_path is not None and out is None:
-        from napari_spoco.core.io import write_array
+    channel_axis = resolve_channel_axis(args, tuple(image.shape), loaded)
 
-        write_array(out_path, embeddings)
-    return embeddings, foreground
+    def predict(out=None):
+        with progress_bar("predict", args.no_progress) as progress:
+            return predict_with_foreground(
+                model, image, loaded.normalization, channel_axis=channel_axis,
+                tile_shape=args.tile_shape, overlap=args.overlap, batch_size=args.batch_size,
+                device=args.device, out=out, progress=progress,
+            )
+
+    if out_path is None or Path(out_path).suffix.lower() != ".zarr":
+        embeddings, foreground = predict()
+        if out_path is not None:
+            from napari_spoco.core.io import write_array
+
+            write_array(out_path, embeddings)
+        return embeddings, foreground
+    import zarr
+
+    from napari_spoco.core.io import atomic_store
+
+    axes = range(len(image.shape))
+    if channel_axis is not None:
+        axes = [a for a in axes if a != channel_axis % len(image.shape)]
+    spatial = tuple(image.shape[a] for a in axes)
+    # Streamed into a temporary store renamed into place at the end: a failed or interrupted
+    # prediction never leaves a half-written store under the output's name.
+    with atomic_store(out_path) as tmp:
+        _, foreground = predict(create_zarr_output(tmp, (model.out_channels, *spatial)))
+    return zarr.open_array(str(out_path), mode="r"), foreground
 
 
 def run(args) -> int:
     """Run ``napari-spoco predict``."""
+    check_outputs([("--out", args.out), ("--pca", args.pca), ("--foreground", args.foreground)],
+                  [("--checkpoint", args.checkpoint), ("--image", args.image)], args.overwrite)
+    # torch comes with these: imported only once the outputs are known to be writable
     from napari_spoco.core.checkpoint import load_model
     from napari_spoco.core.pca import pca_rgb
 

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from .predict import add_tiling_arguments, predict_to, progress_bar, read_image
+from .predict import add_tiling_arguments, check_outputs, predict_to, progress_bar, read_image
 
 HELP = "segment an image into instances: predict embeddings, then cluster them"
 
@@ -159,7 +159,7 @@ def _predict_g(args, loaded, image) -> np.ndarray:
 
     from .predict import resolve_channel_axis
 
-    channel_axis = resolve_channel_axis(args, len(image.shape), loaded)
+    channel_axis = resolve_channel_axis(args, tuple(image.shape), loaded)
     with progress_bar("predict g", args.no_progress) as progress:
         return predict_augmented_view(
             loaded, image, channel_axis=channel_axis, seed=args.seed,
@@ -169,14 +169,28 @@ def _predict_g(args, loaded, image) -> np.ndarray:
         )
 
 
+def check_options(args) -> None:
+    """Report option misuse, impossible values and unwritable outputs before any file is read."""
+    from napari_spoco.core.validation import check_clustering_params
+
+    _check_sources(args)
+    check_clustering_params(args.method, delta_v=args.delta_v, delta_d=args.delta_d,
+                            foreground_threshold=args.foreground_threshold,
+                            **method_params(args))
+    check_outputs([("--out", args.out)], [
+        ("--checkpoint", args.checkpoint), ("--image", args.image),
+        ("--embeddings", args.embeddings), ("--embeddings-g", args.embeddings_g),
+        ("--mask", args.mask)], args.overwrite)
+
+
 def run(args) -> int:
     """Run ``napari-spoco segment``."""
+    check_options(args)
+    # torch comes with these: imported only once the options are known to be usable
     from napari_spoco.core.checkpoint import load_model
     from napari_spoco.core.io import read_array, write_array
     from napari_spoco.core.segmentation import segment_output
 
-    _check_sources(args)
-    method_params(args)  # option misuse is reported before any file is read
     loaded = load_model(args.checkpoint, args.device) if args.checkpoint else None
     image = read_image(args.image) if args.image else None
     foreground = None

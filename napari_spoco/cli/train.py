@@ -17,6 +17,8 @@ examples:
 
 Labels: 0 = unlabeled (sparse mode) or background (--mode dense); every other id is one object.
 Ctrl-C stops after saving the checkpoint; the file is also saved every --autosave-seconds.
+--out is never one of the inputs, and an existing --out is replaced only with --overwrite
+(resuming writes the checkpoint it resumed from without it).
 """
 
 
@@ -73,6 +75,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     run_group.add_argument("--autosave-seconds", type=float, default=None, metavar="S",
                            help="save the checkpoint at least every S seconds (default 60)")
     run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run_group.add_argument("--overwrite", action="store_true",
+                           help="replace an existing --out checkpoint (resuming may always "
+                                "write the checkpoint it resumed from)")
     parser.set_defaults(func=run)
     return parser
 
@@ -125,6 +130,55 @@ def build_config(args):
     return TrainingConfig(**settings)
 
 
+#: Options a resumed run takes from its checkpoint instead (``--channel-axis`` is compared).
+RESUMED_SETTINGS = ("features", "norm", "anisotropic_levels", "patch_shape", "batch_size", "lr",
+                    "mode", "ignore_id", "autosave_seconds")
+
+
+def check_out(args) -> Path:
+    """The checked ``--out`` (default: the resumed checkpoint), before any data is read.
+
+    Resuming may write the checkpoint it resumed from without ``--overwrite``: that is how a
+    run continues. Any other existing file, and any input, is refused.
+    """
+    from napari_spoco.core.errors import SpocoInputError
+    from napari_spoco.core.io import CHECKPOINT_SUFFIXES, check_output, same_file
+
+    out = args.out or args.resume
+    if out is None:
+        raise SpocoInputError("Give --out PATH.pt: where to write the trained checkpoint.")
+    resumed = args.resume is not None and same_file(out, args.resume)
+    inputs = [("--image", p) for p in args.image] + [("--labels", p) for p in args.labels]
+    inputs += [("--source", args.source), ("--resume", None if resumed else args.resume)]
+    return check_output(out, inputs, overwrite=args.overwrite or resumed,
+                        suffixes=CHECKPOINT_SUFFIXES)
+
+
+def check_resume_options(args) -> None:
+    """Refuse settings a resumed run would silently ignore (it continues with its own)."""
+    from napari_spoco.core.checkpoint import load_checkpoint
+    from napari_spoco.core.errors import SpocoInputError
+
+    given = ["--" + name.replace("_", "-") for name in RESUMED_SETTINGS
+             if getattr(args, name) is not None]
+    if given:
+        raise SpocoInputError(
+            f"{', '.join(given)} cannot change when resuming: --resume continues with the "
+            "settings of its run (only --iterations and --device may change). Remove them, or "
+            "start a new run from that checkpoint with --source CKPT to change them."
+        )
+    if args.channel_axis is None:
+        return
+    saved = dict(load_checkpoint(args.resume).get("config", {})).get("channel_axis")
+    if saved != args.channel_axis:
+        raise SpocoInputError(
+            f"--channel-axis {args.channel_axis} differs from the channel axis {saved} of the "
+            f"run in {args.resume!r}; a resumed run keeps its channel axis. Give images with "
+            "the channels where they were (and drop --channel-axis), or fine-tune with "
+            "--source instead of --resume."
+        )
+
+
 def make_trainer(args, pairs, out: Path):
     """A new, fine-tuning or resumed ``Trainer`` as the options ask."""
     from napari_spoco.core.training import Trainer
@@ -139,12 +193,9 @@ def run(args) -> int:
     """Train, showing the loss in a progress bar; save at the end and on Ctrl-C."""
     from tqdm import tqdm
 
-    from napari_spoco.core.errors import SpocoInputError
-
-    out = args.out or args.resume
-    if out is None:
-        raise SpocoInputError("Give --out PATH.pt: where to write the trained checkpoint.")
-    out = Path(out)
+    out = check_out(args)
+    if args.resume is not None:
+        check_resume_options(args)
     pairs = read_pairs(args)
     trainer = make_trainer(args, pairs, out)
     config = trainer.config

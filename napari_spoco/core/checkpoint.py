@@ -25,9 +25,12 @@ adds the first three):
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import pickletools
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,11 +111,23 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     ------
     TypeError
         If the payload holds an object that ``weights_only`` loading would refuse.
+    CheckpointError
+        If the file cannot be written (full disk, read-only folder); a previous file at
+        ``path`` is then left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     content = _to_plain(dict(payload))
     content.update(format=FORMAT, format_version=FORMAT_VERSION, versions=_versions())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(path, content)
+    except OSError as err:  # a full disk, a read-only or vanished folder
+        raise _save_failed(path, err) from err
+    _fsync_directory(path.parent)
+    return path
+
+
+def _write_atomically(path: Path, content: dict) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -126,8 +141,19 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
-    _fsync_directory(path.parent)
-    return path
+
+
+def _save_failed(path: Path, err: OSError) -> CheckpointError:
+    reason = err.strerror or str(err)
+    if err.errno == errno.ENOSPC:
+        reason = "the disk is full"
+    kept = (f"the previous checkpoint {str(path)!r} was kept unchanged" if path.is_file()
+            else "no checkpoint was written")
+    return CheckpointError(
+        f"Could not save the checkpoint {str(path)!r}: {reason}; {kept}. Free some space or "
+        "choose another output in a writable folder, then train again (or --resume from the "
+        "kept checkpoint)."
+    )
 
 
 def _current_umask() -> int:
@@ -169,8 +195,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     ------
     CheckpointError
         If the file is missing, truncated or corrupt, not a napari-spoco checkpoint, carries
-        pickled objects that safe loading refuses (they are never executed), or was written by
-        a newer napari-spoco.
+        pickled objects that safe loading refuses (they are never executed), was written by
+        a newer napari-spoco, holds values of the wrong type (e.g. a list as ``model_state``,
+        a non-integer ``iteration``) or NaN/infinite weights.
     """
     path = Path(path)
     if not path.exists():
@@ -180,15 +207,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     if path.is_dir():
         raise CheckpointError(f"Checkpoint {str(path)!r} is a directory; give the .pt file.")
     try:
-        content = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of files it then refuses; the refusal's
+            # own message says everything
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
+            content = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "global" not in str(err).lower():
+        if "global" not in str(err).lower() and not _pickle_holds_code(path):
             # The unpickler met bytes that are no pickle at all: damage, not a payload.
             raise _corrupt(path, err) from err
         raise CheckpointError(
-            f"Refused to load {str(path)!r}: it contains Python objects that safe loading "
-            f"(weights_only=True) does not allow, so it is not a napari-spoco checkpoint. "
-            f"Nothing in it was executed. Only load checkpoints written by napari-spoco. "
+            f"Refused to load {str(path)!r} because it holds code (Python objects that safe "
+            f"loading, weights_only=True, does not allow). Nothing in it was executed. It is "
+            f"not a napari-spoco checkpoint; only load checkpoints written by napari-spoco. "
             f"(torch said: {_first_line(err)})"
         ) from err
     except (RuntimeError, EOFError, KeyError, IndexError, ValueError, zipfile.BadZipFile,
@@ -214,7 +245,70 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
             f"Checkpoint {str(path)!r} lacks {missing}; the file is incomplete. "
             "Use another checkpoint or train again."
         )
+    _check_payload_types(content, str(path))
+    _check_finite_weights(content, str(path))
     return content
+
+
+#: Opcodes that make the unpickler import or call something: code, not data.
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"}
+
+
+def _pickle_holds_code(path: Path, limit: int = 1 << 26) -> bool:
+    """Whether ``path`` is a plain pickle that imports or calls something.
+
+    ``pickletools.genops`` only parses the opcodes, it executes nothing. torch reports a plain
+    (not zipped) pickle of protocol 4 as an unsupported operand, which says nothing of the
+    code it carries.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit)
+        if data.startswith(b"PK"):
+            return False  # a zip archive: read as opcodes, its bytes would mean anything
+        return any(op.name in _CODE_OPCODES for op, _, _ in pickletools.genops(data))
+    except (ValueError, OSError, EOFError):
+        # genops stops with ValueError where the bytes end or stop being a pickle
+        return False
+
+
+#: Keys whose value must be a dict, when present (``architecture`` and ``model_state`` are
+#: always present after the check above).
+_DICT_KEYS = ("architecture", "model_state", "momentum_state", "normalization", "config")
+
+
+def _check_payload_types(content: dict, path: str) -> None:
+    """Refuse values of the wrong type before anything is built from them."""
+    for key in _DICT_KEYS:
+        if key in content and not isinstance(content[key], dict):
+            raise _malformed(path, key, f"a dict, got a {type(content[key]).__name__}")
+    for key in ("model_state", "momentum_state"):
+        state = content.get(key, {})
+        wrong = [name for name, value in state.items() if not isinstance(value, torch.Tensor)]
+        if wrong:
+            raise _malformed(path, key, f"tensors, but {wrong[0]!r} is not one")
+    iteration = content.get("iteration", 0)
+    if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
+        raise _malformed(path, "iteration", f"a whole number >= 0, got {iteration!r}")
+
+
+def _malformed(path: str, key: str, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"Checkpoint {path!r} is malformed: {key!r} must be {what}. The file was not written "
+        "by napari-spoco or was edited; use a checkpoint napari-spoco wrote, or train again."
+    )
+
+
+def _check_finite_weights(content: dict, path: str) -> None:
+    """Refuse NaN or infinite weights: the network would predict NaN everywhere."""
+    for key in ("model_state", "momentum_state"):
+        for name, tensor in content.get(key, {}).items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise CheckpointError(
+                    f"Checkpoint {path!r} holds NaN or infinite weights ({key} {name!r}), "
+                    "probably from a training run that diverged. Use an earlier checkpoint "
+                    "(e.g. a previous autosave), or train again with a lower learning rate."
+                )
 
 
 def _corrupt(path: Path, err: BaseException) -> CheckpointError:

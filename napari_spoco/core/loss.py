@@ -251,6 +251,13 @@ def _validated_config(cfg: dict) -> dict:
                 f"{name}={cfg[name]} must be a positive margin; the paper uses delta_v=0.5, "
                 "delta_d=2.0."
             )
+    if not cfg["delta_d"] > cfg["delta_v"]:
+        # pulling pixels to within delta_v of their mean and pushing means only delta_d apart
+        # would let objects overlap in embedding space
+        raise SpocoInputError(
+            f"delta_d={cfg['delta_d']} must be larger than delta_v={cfg['delta_v']} (push "
+            "margin beyond pull margin); the paper uses delta_v=0.5, delta_d=2.0."
+        )
     cfg["kernel_threshold"] = _real("kernel_threshold", cfg["kernel_threshold"])
     if not 0.0 < cfg["kernel_threshold"] < 1.0:
         raise SpocoInputError(

@@ -98,6 +98,12 @@ def _check_pair(gt, seg) -> tuple[np.ndarray, np.ndarray]:
             )
         if array.size and np.issubdtype(array.dtype, np.signedinteger) and array.min() < 0:
             raise SpocoInputError(f"The {name} has negative labels; ids must be >= 0.")
+        if array.size and array.dtype == np.uint64 and array.max() > np.iinfo(np.int64).max:
+            # the metrics index labels as int64, where such ids would turn negative
+            raise SpocoInputError(
+                f"The {name} has label ids up to {int(array.max())}, beyond int64; relabel it "
+                "with smaller ids (e.g. skimage.segmentation.relabel_sequential)."
+            )
     return gt.reshape(-1), seg.reshape(-1)
 
 

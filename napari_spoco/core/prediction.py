@@ -24,6 +24,7 @@ from .devices import resolve_device
 from .errors import SpocoInputError
 from .frozen_norm import CALIBRATION_TILES, calibration_regions, freeze_group_norm, has_group_norm
 from .tiling import TileLayout, plan_tiles, window
+from .validation import check_image_dtype
 
 #: Default tile and overlap per spatial dimensionality. 2D: 512² with 1/8 overlap. 3D: thin in z
 #: because 3D stacks are usually anisotropic; its overlap is 1/4 of the tile so that the
@@ -208,6 +209,7 @@ def predict_embeddings(
         If cancelled through ``cancel`` or ``progress``.
     """
     shape = tuple(int(s) for s in image.shape)
+    check_image_dtype(getattr(image, "dtype", np.float32))
     ndim = model_ndim(model, len(shape), channel_axis)
     channel_axis = _check_layout(shape, ndim, channel_axis)
     spatial_shape = tuple(s for a, s in enumerate(shape) if a != channel_axis)

@@ -17,6 +17,9 @@ Decisions, and why (docs/method.md, "Segmentation defaults"):
 - **Fill**: pieces removed for their size are given to a neighbouring segment, not left as
   holes inside objects.
 - **Anisotropy**: 3D runs trained as anisotropic (thin slices) use short z offsets.
+- **HDBSCAN and mean-shift** cluster each connected piece of the foreground on its own; without
+  a usable foreground they cluster the whole image and the settings carry a note saying that
+  distant objects may merge.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .clustering.pipeline import PER_COMPONENT_METHODS
 from .errors import SpocoInputError
 from .foreground import FOREGROUND_THRESHOLD
 
@@ -38,6 +42,14 @@ NO_BACKGROUND_NOTE = (
     "No background was painted, so the model has not learned where the background is: every "
     "pixel is clustered and the background may come out as many small segments. Paint a few "
     "background strokes with the background label and train again."
+)
+
+#: Shown when HDBSCAN or mean-shift run without a foreground to split the image into pieces.
+WHOLE_IMAGE_CLUSTERING_NOTE = (
+    "{method} clusters all pixels of the image at once here (no foreground to split it into "
+    "pieces): the loss only separates objects that were close during training, so distant "
+    "objects with similar embeddings merge. Use mws, or a model trained with painted "
+    "background so that {method} can cluster each piece of foreground on its own."
 )
 
 
@@ -199,6 +211,8 @@ def segmentation_settings(config=None, architecture: dict | None = None,
             setattr(settings, key, value)
         else:
             settings.params[key] = value
+    if settings.method in PER_COMPONENT_METHODS and not settings.use_foreground:
+        settings.notes.append(WHOLE_IMAGE_CLUSTERING_NOTE.format(method=settings.method))
     if not 0.0 < settings.foreground_threshold < 1.0:
         raise SpocoInputError(
             f"The foreground threshold must be between 0 and 1, got "

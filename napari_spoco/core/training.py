@@ -411,7 +411,9 @@ class Trainer:
             if foreground_logit is not None:
                 config = self.config
                 terms["fg"] = foreground_loss(foreground_logit, labels, config.mode,
-                                              config.background_id, config.ignore_id)
+                                              config.background_id, config.ignore_id,
+                                              config.foreground_unlabeled_weight,
+                                              config.foreground_ring)
                 total = total + config.foreground_weight * terms["fg"]
             if self.adversarial is not None:
                 total, terms = self._add_adversarial(emb_f, labels, total, terms)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ import numpy as np
 from .adversarial import AdversarialSettings
 from .errors import SpocoInputError
 from .unet import LEGACY_ARCHITECTURE_DEFAULTS, architecture_config, complete_architecture
+from .validation import check_channel_axis
 
 DEFAULT_LR = 2e-4
 #: Fine-tuning divides the source network's initial learning rate by this (paper, Sec. 4).
@@ -65,6 +67,12 @@ class TrainingConfig:
     foreground_lr : float
         Adam learning rate of the foreground head (one linear layer, see
         ``training.parameter_groups``); the rest of the network uses ``lr``.
+    foreground_unlabeled_weight : float
+        Weight of the unlabeled pixels as weak background in the foreground loss (sparse
+        mode; ``foreground.foreground_loss``).
+    foreground_ring : int
+        Unlabeled pixels this close to a labeled object count as background in the
+        foreground loss (0: off; ``foreground.object_rings``).
     loss : LossSettings
         Loss parameters and weights.
     mode : {"sparse", "dense"}
@@ -122,6 +130,8 @@ class TrainingConfig:
     foreground: bool = True
     foreground_weight: float = 1.0
     foreground_lr: float = 2e-3
+    foreground_unlabeled_weight: float = 0.25
+    foreground_ring: int = 0
     loss: LossSettings = field(default_factory=LossSettings)
     mode: str = "sparse"
     background_id: int | None = None
@@ -167,6 +177,9 @@ class TrainingConfig:
             problems.append(f"foreground must be True or False, got {self.foreground!r}")
         if not self.foreground_weight >= 0:
             problems.append(f"foreground_weight must be >= 0, got {self.foreground_weight}")
+        if not 0 <= self.foreground_unlabeled_weight <= 1:
+            problems.append("foreground_unlabeled_weight must be between 0 and 1, got "
+                            f"{self.foreground_unlabeled_weight}")
         if not self.foreground_lr > 0:
             problems.append(f"foreground_lr must be positive, got {self.foreground_lr}")
         if self.batch_size < 1:
@@ -188,6 +201,17 @@ class TrainingConfig:
             problems.append(f"loss_smoothing must be in [0, 1), got {self.loss_smoothing}")
         if self.normalization not in ("fit", "source"):
             problems.append(f"normalization must be 'fit' or 'source', got {self.normalization!r}")
+        seconds = self.autosave_seconds
+        if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+            # NaN compared False with every elapsed time and silently switched autosave off
+            problems.append(
+                f"autosave_seconds must be a number of seconds > 0 (or None: no timed "
+                f"autosave), got {seconds}"
+            )
+        if self.autosave_iterations is not None and not self.autosave_iterations >= 1:
+            problems.append(
+                f"autosave_iterations must be at least 1 (or None), got {self.autosave_iterations}"
+            )
         if self.patch_shape is not None and min(self.patch_shape, default=0) < 1:
             problems.append(f"patch_shape must be positive sizes, got {self.patch_shape}")
         if (
@@ -226,9 +250,13 @@ class TrainingConfig:
         """Inverse of :meth:`to_dict`; keys this version does not know raise ``SpocoInputError``.
 
         Architecture keys a config written before they existed lacks take the value the
-        network of that time had (no foreground head), not today's default.
+        network of that time had (no foreground head), not today's default; so does the
+        foreground loss's unlabeled weight (0 before it existed), so that a resumed run keeps
+        its loss.
         """
-        return _build(cls, {**LEGACY_ARCHITECTURE_DEFAULTS, **dict(data)}, "training config")
+        data = {**LEGACY_ARCHITECTURE_DEFAULTS, **dict(data)}
+        data.setdefault("foreground_unlabeled_weight", 0.0)
+        return _build(cls, data, "training config")
 
     def replace(self, **changes: Any) -> TrainingConfig:
         """A copy with some settings changed."""
@@ -307,6 +335,7 @@ def resolve_defaults(config: TrainingConfig) -> None:
 def take_image_settings(config: TrainingConfig, pairs: list) -> None:
     """Set (or check) ``ndim`` and ``in_channels`` from the first image of raw pairs."""
     shape = tuple(np.shape(pairs[0][0]))
+    check_channel_axis(shape, config.channel_axis)  # before shape[channel_axis] below
     image_dims = len(shape) - (config.channel_axis is not None)
     if config.ndim is None:
         if image_dims not in (2, 3):

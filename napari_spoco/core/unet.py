@@ -9,6 +9,7 @@ poolings need and crops the output back.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import torch
@@ -69,6 +70,66 @@ def architecture_config(settings) -> dict:
     config = {key: getattr(settings, key) for key in ARCHITECTURE_KEYS}
     config["features"] = list(config["features"])
     return config
+
+
+def parameter_count(in_channels: int, out_channels: int, ndim: int, features: Sequence[int],
+                    foreground: bool = False) -> int:
+    """Weights of a :class:`UNet` with these sizes, counted without building it.
+
+    Convolution kernels and the 1×1 heads exactly; biases and normalisation parameters as
+    four values per output channel of each convolution, an upper bound.
+    """
+    kernel = 3**ndim
+    widths = [int(f) for f in features]
+    convs = []  # (in, out) of every 3×3[×3] convolution
+    channels = int(in_channels)
+    for width in widths:
+        convs += [(channels, width), (width, width)]
+        channels = width
+    for level in range(len(widths) - 1):
+        convs += [(widths[level] + widths[level + 1], widths[level]),
+                  (widths[level], widths[level])]
+    heads = int(out_channels) + int(bool(foreground))
+    count = sum(kernel * c_in * c_out + 4 * c_out for c_in, c_out in convs)
+    return count + widths[0] * heads + heads
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to this process now, or None where it cannot be told."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        return int(psutil.virtual_memory().available)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # not on this platform (Windows)
+        return None
+
+
+def check_network_size(in_channels, out_channels, ndim, features, foreground=False) -> None:
+    """Refuse a network whose float32 weights alone would not fit in the available memory.
+
+    Checked before any layer is allocated: torch would otherwise try (terabytes for a
+    mistyped ``--features`` or a damaged checkpoint) and fail with an allocator error, or get
+    the process killed.
+
+    Raises
+    ------
+    SpocoInputError
+        If ``parameter_count(...) * 4`` bytes exceed :func:`available_memory`.
+    """
+    count = parameter_count(in_channels, out_channels, ndim, features, foreground)
+    available = available_memory()
+    if available is None or count * 4 <= available:
+        return
+    raise SpocoInputError(
+        f"A U-Net with features {list(features)} would have {count:.3g} weights "
+        f"({count * 4 / 1e9:.3g} GB as float32), more than the {available / 1e9:.3g} GB of "
+        "memory available, before training even needs more. Use fewer channels per level: "
+        "--features (e.g. the default 16 32 64 128), or 'features' in the settings."
+    )
 
 
 class UNet(nn.Module):
@@ -139,6 +200,7 @@ class UNet(nn.Module):
                 f"UNet anisotropic_levels must be between 0 and {max_anisotropic} for a "
                 f"{ndim}D network with {len(features)} levels, got {anisotropic_levels}."
             )
+        check_network_size(in_channels, out_channels, ndim, features, foreground)
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
         self.ndim = int(ndim)

@@ -60,6 +60,50 @@ def _check_dimensions(image_shape, ndim, channel_axis):
     raise SpocoInputError(message)
 
 
+def check_channel_axis(image_shape, channel_axis) -> None:
+    """Raise ``SpocoInputError`` unless ``channel_axis`` is None or an axis of the image.
+
+    Parameters
+    ----------
+    image_shape : tuple of int
+        Shape of the image, channels included.
+    channel_axis : int or None
+        The axis said to hold channels (negative allowed).
+    """
+    if channel_axis is None:
+        return
+    ndim = len(image_shape)
+    if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)) or not (
+        -ndim <= channel_axis < ndim
+    ):
+        raise SpocoInputError(
+            f"channel_axis={channel_axis!r} does not exist in an image of shape "
+            f"{tuple(image_shape)} (its axes are 0 to {ndim - 1}, or -{ndim} to -1). Give the "
+            "axis that holds the channels (--channel-axis on the command line), or none for a "
+            "single-channel image."
+        )
+
+
+def _check_hidden_channels(image_shape, labels_shape) -> None:
+    """Explain labels that fit the image once its first or last axis is taken as channels.
+
+    Without this, an RGB ``(Y, X, 3)`` image with ``(Y, X)`` labels was reported as labels of
+    the wrong shape, although the labels were right and the channel axis was missing.
+    """
+    if len(image_shape) != len(labels_shape) + 1:
+        return
+    for axis in (len(image_shape) - 1, 0):
+        rest = tuple(size for index, size in enumerate(image_shape) if index != axis)
+        if rest == tuple(labels_shape):
+            raise SpocoInputError(
+                f"The image has shape {tuple(image_shape)} and the labels {tuple(labels_shape)}:"
+                f" the image seems to have a channel axis (axis {axis}, "
+                f"{image_shape[axis]} channels). Give it: --channel-axis {axis} on the command "
+                f"line, channel_axis={axis} in Python. (If that axis is z instead, give labels "
+                "for the whole stack.)"
+            )
+
+
 def _checked_labels(labels, image_spatial):
     labels_shape = tuple(labels.shape)
     if labels_shape != tuple(image_spatial):
@@ -106,11 +150,26 @@ def _checked_labels(labels, image_spatial):
     return labels
 
 
-def _check_image_values(image):
-    if image.dtype.kind not in "biuf":
+def check_image_dtype(dtype) -> None:
+    """Raise ``SpocoInputError`` unless ``dtype`` holds real numbers (bool, int, float).
+
+    Checked before any conversion: ``astype(float)`` turns an object array holding ``None``
+    into NaN, which was then reported as NaN pixels instead of the wrong dtype.
+    """
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:  # e.g. a torch dtype: not numpy's to judge, torch checks it itself
+        return
+    if dtype.kind not in "biuf":
+        what = "Python objects" if dtype.kind == "O" else "values that are not real numbers"
         raise SpocoInputError(
-            f"The image must hold real numbers, got dtype {image.dtype}."
+            f"The image holds {what} (dtype {dtype}); it must hold real numbers. Convert it "
+            "(e.g. image.astype(np.float32)) or load a numeric image."
         )
+
+
+def _check_image_values(image):
+    check_image_dtype(image.dtype)
     low, high = math.inf, -math.inf
     for _, block in slabs(image):
         if block.size == 0:
@@ -159,14 +218,77 @@ def validate_pair(image, labels, ndim: int, channel_axis: int | None = None):
     image = image if hasattr(image, "shape") else np.asarray(image)
     labels = labels if hasattr(labels, "shape") else np.asarray(labels)
     image_shape = tuple(image.shape)
-    if channel_axis is not None and not -len(image_shape) <= channel_axis < len(image_shape):
-        raise SpocoInputError(
-            f"channel_axis={channel_axis} does not exist in an image of shape {image_shape}."
-        )
+    check_channel_axis(image_shape, channel_axis)
     _check_dimensions(image_shape, ndim, channel_axis)
+    if channel_axis is None:
+        _check_hidden_channels(image_shape, tuple(labels.shape))
     spatial = list(image_shape)
     if channel_axis is not None:
         del spatial[channel_axis % len(image_shape)]
     labels = _checked_labels(labels, spatial)
     _check_image_values(image)
     return labels
+
+
+# -- clustering parameters ------------------------------------------------------------------
+
+#: Clustering parameters that are lengths in embedding space: finite and > 0.
+_MARGINS = ("delta_v", "delta_d", "bandwidth")
+#: Parameters that are probabilities or overlaps: finite and in [0, 1].
+_FRACTIONS = ("foreground_threshold", "iou_threshold")
+#: Parameters that count pixels or iterations: whole numbers of at least this.
+_COUNTS = {"n_anchors": 1, "max_iter": 1, "min_samples": 1, "min_cluster_size": 2,
+           "max_samples": 2}
+
+
+def check_clustering_params(method: str, **params) -> None:
+    """Raise ``SpocoInputError`` for a clustering parameter no clustering can use.
+
+    Called by ``napari-spoco segment`` before any file is read and by
+    :func:`napari_spoco.core.clustering.segment` itself, so NaN margins never reach the
+    mutex watershed (which panics on NaN affinities) and a zero bandwidth never reaches
+    mean-shift (which divides by it).
+
+    Parameters
+    ----------
+    method : str
+        The clustering method; named in the messages.
+    **params
+        Any of ``delta_v``, ``delta_d``, ``bandwidth``, ``foreground_threshold``,
+        ``iou_threshold``, ``n_anchors``, ``max_iter``, ``min_samples``, ``min_cluster_size``,
+        ``max_samples``, ``strides``. ``None`` values (defaults) and other keys are not checked
+        here.
+    """
+    for name, value in params.items():
+        if value is None:
+            continue
+        if name in _MARGINS and not (_is_real(value) and math.isfinite(value) and value > 0):
+            raise SpocoInputError(
+                f"{name}={value!r} for {method}: it must be a finite number > 0 (a distance in "
+                "embedding space; the training margins are delta_v=0.5 and delta_d=2.0 by "
+                "default, and the bandwidth defaults to delta_v)."
+            )
+        if name in _FRACTIONS and not (_is_real(value) and 0.0 <= value <= 1.0):
+            raise SpocoInputError(
+                f"{name}={value!r} for {method}: it must be a number from 0 to 1."
+            )
+        if name in _COUNTS and not _is_count(value, _COUNTS[name]):
+            raise SpocoInputError(
+                f"{name}={value!r} for {method}: it must be a whole number >= {_COUNTS[name]}."
+            )
+        if name == "strides":
+            strides = value if isinstance(value, (tuple, list)) else (value,)
+            if not all(_is_count(stride, 1) for stride in strides):
+                raise SpocoInputError(
+                    f"strides={value!r} for {method}: give positive whole numbers, e.g. 4,4."
+                )
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_))
+
+
+def _is_count(value, minimum: int) -> bool:
+    return _is_real(value) and math.isfinite(value) and float(value).is_integer() and (
+        value >= minimum)

@@ -26,6 +26,7 @@ from superqt import QCollapsible
 
 from napari_spoco.core.devices import available_devices
 from napari_spoco.core.errors import SpocoInputError
+from napari_spoco.core.io import CHECKPOINT_SUFFIXES, check_output
 from napari_spoco.core.training import LossSettings, TrainingConfig
 
 from ._logic import default_learning_rate, default_patch_and_batch
@@ -253,10 +254,14 @@ class TrainSettings(QWidget):
         )
 
     def save_path(self) -> Path:
+        """The checked 'save to' checkpoint file.
+
+        A folder that cannot be written is refused now, before training starts, with the
+        reason, not when the first checkpoint is saved.
+        """
         text = self.save_edit.text().strip()
         if not text:
             raise SpocoInputError("Say where to save the model: fill in 'save to' (a .pt file).")
-        path = Path(text).expanduser()
-        if path.is_dir():
-            raise SpocoInputError(f"'save to' is the folder {text!r}; give a file name ending .pt.")
-        return path
+        # overwrite: the Train tab saves to this file on every autosave, stop and run again
+        return check_output(text, overwrite=True, suffixes=CHECKPOINT_SUFFIXES,
+                            option="'save to'")

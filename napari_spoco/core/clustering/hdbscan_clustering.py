@@ -27,6 +27,7 @@ def hdbscan_labels(
     min_samples: int | None = None,
     max_samples: int | str | None = DEFAULT_MAX_SAMPLES,
     seed: int | None = 0,
+    allow_single_cluster: bool = False,
 ) -> np.ndarray:
     """Cluster pixels with HDBSCAN, ``cluster_selection_epsilon = delta_v``; noise is 0.
 
@@ -53,6 +54,9 @@ def hdbscan_labels(
         Fit on at most this many pixels; None fits on all (slow: minutes for 512²).
     seed : int or None
         Seed of the subsample.
+    allow_single_cluster : bool
+        Let all pixels form one cluster (HDBSCAN otherwise splits them into at least two, or
+        calls them noise). For one connected piece of foreground that may hold one object.
 
     Returns
     -------
@@ -87,6 +91,7 @@ def hdbscan_labels(
         min_cluster_size=scaled_size,
         min_samples=scaled_samples,
         cluster_selection_epsilon=float(delta_v),
+        allow_single_cluster=allow_single_cluster,
         core_dist_n_jobs=1,
     )
     fitted = clusterer.fit_predict(fit_points.astype(np.float64)) + 1  # noise -1 becomes 0

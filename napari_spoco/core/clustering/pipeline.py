@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SpocoInputError
+from ..validation import check_clustering_params
+from .components import cluster_per_component
 from .consistency import consistency_labels
-from .hdbscan_clustering import hdbscan_labels
+from .hdbscan_clustering import default_min_cluster_size, hdbscan_labels
 from .meanshift import meanshift_labels
 from .mutex_watershed import mutex_watershed
 from .postprocess import (
@@ -18,6 +20,10 @@ from .postprocess import (
 )
 
 METHODS = ("mws", "hdbscan", "meanshift", "consistency")
+
+#: Methods that cluster each connected piece of the predicted foreground on its own: over a
+#: whole image they merge distant objects whose means the loss never pushed apart.
+PER_COMPONENT_METHODS = ("hdbscan", "meanshift")
 
 _METHOD_PARAMS = {
     "mws": {"offsets", "n_attractive", "anisotropic", "strides", "randomize_strides", "seed",
@@ -100,11 +106,13 @@ def segment(
     mask : ndarray of bool, optional
         Cluster only these pixels; the others get 0.
     foreground : ndarray of float, optional
-        Foreground probability (the model's foreground head). Segments whose mean
-        probability is at most ``foreground_threshold`` are background and become 0; the
-        objects keep the boundaries the embeddings give them. (Thresholding the probability
-        into a mask instead carries the head's uncertainty at object borders into the
-        objects: SBD 0.33 vs 0.47 on StarDist nuclei, docs/method.md.)
+        Foreground probability (the model's foreground head). For mws and consistency,
+        segments whose mean probability is at most ``foreground_threshold`` are background
+        and become 0; the objects keep the boundaries the embeddings give them.
+        (Thresholding the probability into a mask instead carries the head's uncertainty at
+        object borders into the objects: SBD 0.33 vs 0.47 on StarDist nuclei,
+        docs/method.md.) For hdbscan and meanshift, the pixels above the threshold are
+        clustered one connected component at a time (``PER_COMPONENT_METHODS``).
     foreground_threshold : float
         See ``foreground``.
     min_size : int or "auto"
@@ -135,6 +143,8 @@ def segment(
     ndarray of uint32
         Spatial shape; 0 = no object, objects numbered 1..n consecutively.
     """
+    check_clustering_params(method, delta_v=delta_v, delta_d=delta_d,
+                            foreground_threshold=foreground_threshold, **params)
     if method not in METHODS:
         raise SpocoInputError(f"Unknown clustering method {method!r}; use one of {METHODS}.")
     _check_params(method, params)
@@ -163,13 +173,24 @@ def segment(
         return np.zeros(spatial, np.uint32)
 
     explicit_size = 0 if min_size == "auto" else int(min_size)
-    labels = _cluster(embeddings, method, delta_v, delta_d, mask, explicit_size, params)
+    per_component = foreground is not None and method in PER_COMPONENT_METHODS
+    if per_component:
+        region = foreground > foreground_threshold
+        mask = region if mask is None else mask & region
+
+        def cluster(crop, crop_mask):
+            return _cluster(crop, method, delta_v, delta_d, crop_mask, explicit_size, params,
+                            single_cluster=True)
+
+        labels = cluster_per_component(cluster, embeddings, mask)
+    else:
+        labels = _cluster(embeddings, method, delta_v, delta_d, mask, explicit_size, params)
     if params.get("noise", "zero") == "fill":
         fill = True
     if merge:
         adjacent_only = merge == "adjacent"
         labels = merge_close_clusters(labels, embeddings, delta_d, adjacent_only=adjacent_only)
-    if foreground is not None:
+    if foreground is not None and not per_component:
         labels = keep_foreground_segments(labels, foreground, foreground_threshold)
         # fill may only give pixels of the kept objects (removed small pieces) to neighbours
         mask = labels > 0
@@ -210,7 +231,9 @@ def auto_min_size(labels: np.ndarray) -> int:
     return int(AUTO_MIN_SIZE_FRACTION * typical)
 
 
-def _cluster(embeddings, method, delta_v, delta_d, mask, min_size, params) -> np.ndarray:
+def _cluster(embeddings, method, delta_v, delta_d, mask, min_size, params,
+             single_cluster=False) -> np.ndarray:
+    """One clustering call; ``single_cluster``: the pixels may all be one object."""
     if method == "mws":
         return mutex_watershed(embeddings, delta_d=delta_d, mask=mask, **params)
     if method == "hdbscan":
@@ -220,7 +243,12 @@ def _cluster(embeddings, method, delta_v, delta_d, mask, min_size, params) -> np
             raise SpocoInputError(f"noise must be 'zero' or 'fill', got {noise!r}.")
         if params.get("min_cluster_size") is None and min_size > 0:
             params["min_cluster_size"] = min_size
-        return hdbscan_labels(embeddings, delta_v=delta_v, mask=mask, **params)
+        if single_cluster:
+            smallest = params.get("min_cluster_size") or default_min_cluster_size(mask.ndim)
+            if np.count_nonzero(mask) < 2 * smallest:
+                return mask.astype(np.int64)  # too small to hold two clusters: one object
+        return hdbscan_labels(embeddings, delta_v=delta_v, mask=mask,
+                              allow_single_cluster=single_cluster, **params)
     if method == "meanshift":
         params = dict(params)
         bandwidth = params.pop("bandwidth", delta_v)
