@@ -12,6 +12,7 @@ the objects plus a few background strokes, as a user would paint them).
     python benchmarks/nuclei_quality.py                                  # StarDist 2D, 3 seeds
     python benchmarks/nuclei_quality.py --dataset nuclei_2d --seeds 0
     python benchmarks/nuclei_quality.py --dataset stardist_3d --iterations 300
+    python benchmarks/nuclei_quality.py --config foreground_ring=0    # an ablation
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def run_setting(image, truth, setting, seed, args) -> dict:
     patch = tuple(min(p, s) for p, s in zip(patch, train_image.shape))
     config = TrainingConfig(iterations=args.iterations, patch_shape=patch,
                             batch_size=4 if ndim == 2 else 1, seed=seed, device="cpu",
-                            autosave_seconds=None, **convention)
+                            autosave_seconds=None, **convention, **args.config)
     start = time.perf_counter()
     trainer = Trainer([(train_image, labels)], config)
     for _ in trainer.steps():
@@ -100,14 +101,19 @@ def main():
     parser.add_argument("--iterations", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="write all rows here")
+    parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="TrainingConfig changes for an ablation, e.g. foreground_ring=0")
     args = parser.parse_args()
+    args.config = {key: json.loads(value) for key, value in
+                   (item.split("=", 1) for item in args.config)}
     torch.set_num_threads(args.threads)
     data = sample_dataset(args.dataset, seed=0)
     image, truth = np.asarray(data["image"]), np.asarray(data["labels"])
     _, test_image = split(image)
     _, test_truth = split(truth)
     print(f"{data['name']}: image {image.shape}, {int(np.unique(test_truth).size - 1)} objects "
-          f"in the test half; load {os.getloadavg()[0]:.1f}", flush=True)
+          f"in the test half; load {os.getloadavg()[0]:.1f}; config changes {args.config}",
+          flush=True)
     baseline = evaluate(test_truth, otsu_watershed(test_image))
     rows = [{"setting": "Otsu + watershed (no network)", "seed": "-", **baseline}]
     print(f"  baseline: SBD {baseline['sbd']:.3f} AP50 {baseline['ap50']:.3f} "

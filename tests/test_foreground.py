@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from napari_spoco.core.checkpoint import load_model, save_checkpoint
-from napari_spoco.core.foreground import foreground_loss, foreground_targets
+from napari_spoco.core.foreground import foreground_loss, foreground_targets, object_rings
 from napari_spoco.core.prediction import predict_embeddings, predict_with_foreground
 from napari_spoco.core.sampling import background_strokes
 from napari_spoco.core.training import Trainer
@@ -22,30 +22,52 @@ def test_targets_follow_the_label_convention():
     assert is_object.tolist() == [[False, True, True, True]] and known.all()
 
 
-def test_loss_weighs_unlabeled_pixels_as_weak_background_and_is_zero_without_known_pixels():
-    logits = torch.zeros(1, 4, requires_grad=True)
-    labels = torch.tensor([[0, 0, 0, 0]])
+def test_loss_uses_known_pixels_and_the_ring_around_objects_only():
+    logits = torch.zeros(1, 1, 6, requires_grad=True)
+    labels = torch.tensor([[[0, 0, 0, 0, 0, 0]]])
     loss = foreground_loss(logits, labels, "sparse")
     assert loss.item() == 0.0
     loss.backward()  # still attached to the graph
-    # one object pixel and one background pixel: BCE of logit 0 is log 2 per pixel
-    labels = torch.tensor([[0, 5, 8, 0]])
+    # an object pixel, its unlabeled ring pixel and a stroke: BCE of logit 0 is log 2 each
+    labels = torch.tensor([[[0, 0, 5, 0, 0, 8]]])
     assert foreground_loss(logits, labels, "sparse", background_id=8).item() == pytest.approx(
         np.log(2))
-    # without weight an unlabeled pixel's logit changes nothing
-    other = torch.tensor([[9.0, 0.0, 0.0, -9.0]])
-    assert foreground_loss(other, labels, "sparse", background_id=8,
-                           unlabeled_weight=0).item() == pytest.approx(np.log(2))
-    # with weight w the unlabeled pixels are one more class, target background, weighing w
-    w = 0.25
-    unlabeled_bce = (np.log1p(np.exp(9.0)) + np.log1p(np.exp(-9.0))) / 2
-    expected = (2 * np.log(2) + w * unlabeled_bce) / (2 + w)
-    assert foreground_loss(other, labels, "sparse", background_id=8,
-                           unlabeled_weight=w).item() == pytest.approx(expected, rel=1e-5)
-    # the ignore id stays out of every class
-    ignored = torch.tensor([[9, 5, 8, 9]])
-    assert foreground_loss(other, ignored, "sparse", background_id=8,
+    # unlabeled pixels away from objects change nothing; the ring is background, each of its
+    # pixels weighing like an object pixel (two ring pixels beside one object pixel: weight 2)
+    far = torch.tensor([[[9.0, 0.0, 0.0, 0.0, -9.0, 0.0]]])
+    assert foreground_loss(far, labels, "sparse", background_id=8).item() == pytest.approx(
+        np.log(2))
+    ring = torch.tensor([[[0.0, 9.0, 0.0, -9.0, 0.0, 0.0]]])
+    ring_bce = (np.log1p(np.exp(9.0)) + np.log1p(np.exp(-9.0))) / 2
+    assert foreground_loss(ring, labels, "sparse", background_id=8).item() == pytest.approx(
+        (2 * np.log(2) + 2 * ring_bce) / 4, rel=1e-5)
+    assert foreground_loss(ring, labels, "sparse", background_id=8,
+                           ring_width=0).item() == pytest.approx(np.log(2))
+    # the ignore id stays out of every class, the ring included
+    ignored = torch.tensor([[[0, 9, 5, 9, 0, 8]]])
+    assert foreground_loss(ring, ignored, "sparse", background_id=8,
                            ignore_id=9).item() == pytest.approx(np.log(2))
+
+
+def test_dense_background_next_to_objects_weighs_like_object_pixels():
+    labels = torch.tensor([[[0, 0, 5, 0, 0, 0]]])  # dense: every 0 is known background
+    logits = torch.tensor([[[0.0, 9.0, 0.0, -9.0, 3.0, -3.0]]])
+    bce = lambda x, target: float(np.log1p(np.exp(-x if target else x)))  # noqa: E731
+    far = (bce(0.0, 0) + bce(3.0, 0) + bce(-3.0, 0)) / 3
+    ring = (bce(9.0, 0) + bce(-9.0, 0)) / 2
+    expected = (bce(0.0, 1) + far + 2 * ring) / 4
+    assert foreground_loss(logits, labels, "dense").item() == pytest.approx(expected, rel=1e-5)
+    # without the ring the edge is part of the background class
+    plain = (bce(0.0, 1) + (far * 3 + ring * 2) / 5) / 2
+    assert foreground_loss(logits, labels, "dense", ring_width=0).item() == pytest.approx(
+        plain, rel=1e-5)
+
+
+def test_rings_are_in_plane_in_3d():
+    is_object = torch.zeros(1, 3, 5, 5, dtype=torch.bool)
+    is_object[0, 1, 2, 2] = True
+    ring = object_rings(is_object, ~is_object, 1)
+    assert ring[0, 1].sum() == 8 and not ring[0, 0].any() and not ring[0, 2].any()
 
 
 def test_head_learns_the_background_from_a_few_strokes():
@@ -64,7 +86,9 @@ def test_head_learns_the_background_from_a_few_strokes():
 
     far = ndimage.distance_transform_edt(truth == 0) > 4  # object borders are uncertain
     assert foreground[far].mean() < 0.3 and (foreground[far] < 0.5).mean() > 0.8
-    assert foreground[truth == 30].mean() > 0.8  # the unlabeled object is foreground too
+    # the unlabeled object is foreground too: clearly inside, and as a segment (mean)
+    inside = ndimage.binary_erosion(truth == 30, iterations=2)
+    assert foreground[inside].mean() > 0.8 and foreground[truth == 30].mean() > 0.7
 
 
 def test_head_is_optional_and_predict_embeddings_drops_it():

@@ -8,11 +8,11 @@ class is known, tells clustering where to work:
 
 - labeled objects are foreground;
 - painted background (``background_id``), and label 0 in dense mode, are background;
-- unlabeled pixels (0 in sparse mode) are weak background (``UNLABELED_WEIGHT``), so the
-  head learns where objects end although strokes keep away from them;
-- ``ignore_id`` takes no part.
+- unlabeled pixels right next to a labeled object (``RING_WIDTH``) are background, so the head
+  learns where objects end although strokes keep away from them; other unlabeled pixels
+  (0 in sparse mode) and ``ignore_id`` take no part.
 
-Both known classes weigh alike whatever their pixel counts, so a few strokes are enough.
+The classes weigh alike whatever their pixel counts, so a few strokes are enough.
 Without any known background the head only sees foreground and learns nothing useful: the
 checkpoint's annotation summary records that (``background_known``) and segmentation then
 clusters every pixel (see ``core/segmentation.py``).
@@ -55,12 +55,12 @@ def foreground_targets(labels: torch.Tensor, mode: str, background_id=None, igno
     return known & ~background, known
 
 
-#: Weight of the unlabeled pixels (as weak background) beside the two known classes (1 each).
-UNLABELED_WEIGHT = 0.25
+#: Unlabeled pixels this close (pixels, in-plane) to a labeled object count as background.
+RING_WIDTH = 1
 
 
-def object_rings(is_object: torch.Tensor, unlabeled: torch.Tensor, width: int) -> torch.Tensor:
-    """Unlabeled pixels within ``width`` pixels (in-plane, square) of a labeled object.
+def object_rings(is_object: torch.Tensor, candidates: torch.Tensor, width: int) -> torch.Tensor:
+    """The ``candidates`` within ``width`` pixels (in-plane, square) of a labeled object.
 
     Examples
     --------
@@ -76,21 +76,23 @@ def object_rings(is_object: torch.Tensor, unlabeled: torch.Tensor, width: int) -
         grown = F.max_pool2d(grown, size, stride=1, padding=int(width))
     else:  # in-plane only: thin z slices make a 3D ring too thick along z
         grown = F.max_pool3d(grown, (1, size, size), stride=1, padding=(0, width, width))
-    return (grown[:, 0] > 0) & unlabeled
+    return (grown[:, 0] > 0) & candidates
 
 
 def foreground_loss(logits: torch.Tensor, labels, mode: str, background_id=None,
-                    ignore_id=None, unlabeled_weight: float = UNLABELED_WEIGHT,
-                    ring_width: int = 0) -> torch.Tensor:
-    """Class-balanced binary cross-entropy of the foreground logits.
+                    ignore_id=None, ring_width: int = RING_WIDTH) -> torch.Tensor:
+    """Class-balanced binary cross-entropy of the foreground logits on the known pixels.
 
-    Labeled objects (target 1) and known background (target 0) weigh 1 each whatever their
-    pixel counts. Unlabeled pixels (0 in sparse mode) are weak background: they weigh
-    ``unlabeled_weight`` in all. Why: painted background strokes keep away from the objects,
-    so without the unlabeled pixels the head never sees background next to an object and
-    grows every object by 3-4 pixels (StarDist nuclei). An unlabeled object looks like the
-    labeled ones; with a fraction ``u`` of the unlabeled pixels on objects, its pixels settle
-    at ``p = 1 / (1 + u * unlabeled_weight)`` (0.93 for u = 0.3), still foreground.
+    Labeled objects (target 1) and known background (target 0) weigh alike whatever their
+    pixel counts; the ring of ``ring_width`` pixels around each labeled object, unlabeled or
+    known background, is background too, each ring pixel weighing like an object pixel. Why
+    the ring: painted strokes keep away from the objects, so without it the head never sees
+    background next to an object and grows every object by 3-4 pixels (StarDist nuclei,
+    docs/method.md); in dense mode class balancing gives each background pixel less weight
+    than an object pixel, which pushes the outline outwards too. A painted object ends where
+    its outline ends: the pixel beside it is background or, rarely for nuclei, an unlabeled
+    neighbour, whose segment still counts as foreground by its mean. Other unlabeled pixels
+    take no part.
 
     Parameters
     ----------
@@ -98,8 +100,8 @@ def foreground_loss(logits: torch.Tensor, labels, mode: str, background_id=None,
         ``(B, *spatial)`` foreground logits.
     labels : torch.Tensor or numpy.ndarray
         ``(B, *spatial)`` integer labels in the training convention (``mode``, ids).
-    unlabeled_weight : float
-        Weight of the unlabeled pixels; 0 ignores them.
+    ring_width : int
+        Width of the ring; 0 leaves every unlabeled pixel out.
 
     Returns
     -------
@@ -109,20 +111,29 @@ def foreground_loss(logits: torch.Tensor, labels, mode: str, background_id=None,
     """
     labels = torch.as_tensor(labels).to(logits.device)
     is_object, known = foreground_targets(labels, mode, background_id, ignore_id)
+    # The ring: pixels just outside labeled objects, unlabeled or known background alike
+    # (dense mode: the background's edge, which class balancing would otherwise outweigh
+    # pixel for pixel and push the outline outwards).
+    outside = ~is_object
+    if ignore_id is not None:
+        outside = outside & (labels != int(ignore_id))
+    ring = object_rings(is_object, outside, ring_width)
     per_pixel = F.binary_cross_entropy_with_logits(
         logits, is_object.to(logits.dtype), reduction="none")
-    unlabeled = ~known
-    if ignore_id is not None:
-        unlabeled = unlabeled & (labels != int(ignore_id))
-    ring = object_rings(is_object, unlabeled, ring_width)
+    # Objects and known background weigh alike whatever their pixel counts; a ring pixel
+    # weighs like an object pixel, so that the pixels on either side of an outline pull
+    # equally (as a class of its own the thin ring outweighed the objects' border pixels per
+    # pixel 5:1 and shrank unlabeled dim nuclei away).
+    n_object = is_object.sum()
+    parts = [(is_object, 1.0), (known & ~is_object & ~ring, 1.0)]
+    if n_object > 0:
+        parts.append((ring, ring.sum() / n_object))
     total, weights = logits.sum() * 0.0, 0.0
-    if is_object.any() or (known & ~is_object).any():
-        for members, weight in ((is_object, 1.0), (known & ~is_object, 1.0), (ring, 1.0),
-                                (unlabeled & ~ring, float(unlabeled_weight))):
-            count = members.sum()
-            if count > 0 and weight > 0:
-                total = total + weight * per_pixel[members].sum() / count
-                weights += weight
+    for members, weight in parts:
+        count = members.sum()
+        if count > 0:
+            total = total + weight * per_pixel[members].sum() / count
+            weights = weights + weight
     return total / weights if weights > 0 else total
 
 

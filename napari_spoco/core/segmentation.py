@@ -121,6 +121,8 @@ class SegmentationSettings:
         Cluster only inside the predicted foreground.
     foreground_threshold : float
         Probability above which a pixel is foreground.
+    foreground_crop : bool
+        Remove the kept segments' pixels at or below the threshold.
     params : dict
         Method options (e.g. ``anisotropic`` for mws).
     notes : list of str
@@ -135,6 +137,7 @@ class SegmentationSettings:
     merge: bool | str = False
     use_foreground: bool = False
     foreground_threshold: float = FOREGROUND_THRESHOLD
+    foreground_crop: bool = True
     params: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
@@ -227,6 +230,7 @@ def foreground_kwargs(foreground, settings: SegmentationSettings, mask=None) -> 
     if settings.use_foreground and foreground is not None:
         kwargs["foreground"] = np.asarray(foreground)
         kwargs["foreground_threshold"] = settings.foreground_threshold
+        kwargs["foreground_crop"] = settings.foreground_crop
     return kwargs
 
 

@@ -412,7 +412,6 @@ class Trainer:
                 config = self.config
                 terms["fg"] = foreground_loss(foreground_logit, labels, config.mode,
                                               config.background_id, config.ignore_id,
-                                              config.foreground_unlabeled_weight,
                                               config.foreground_ring)
                 total = total + config.foreground_weight * terms["fg"]
             if self.adversarial is not None:

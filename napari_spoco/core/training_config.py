@@ -67,12 +67,9 @@ class TrainingConfig:
     foreground_lr : float
         Adam learning rate of the foreground head (one linear layer, see
         ``training.parameter_groups``); the rest of the network uses ``lr``.
-    foreground_unlabeled_weight : float
-        Weight of the unlabeled pixels as weak background in the foreground loss (sparse
-        mode; ``foreground.foreground_loss``).
     foreground_ring : int
         Unlabeled pixels this close to a labeled object count as background in the
-        foreground loss (0: off; ``foreground.object_rings``).
+        foreground loss (0: off; ``foreground.foreground_loss``).
     loss : LossSettings
         Loss parameters and weights.
     mode : {"sparse", "dense"}
@@ -130,8 +127,7 @@ class TrainingConfig:
     foreground: bool = True
     foreground_weight: float = 1.0
     foreground_lr: float = 2e-3
-    foreground_unlabeled_weight: float = 0.25
-    foreground_ring: int = 0
+    foreground_ring: int = 1
     loss: LossSettings = field(default_factory=LossSettings)
     mode: str = "sparse"
     background_id: int | None = None
@@ -177,9 +173,10 @@ class TrainingConfig:
             problems.append(f"foreground must be True or False, got {self.foreground!r}")
         if not self.foreground_weight >= 0:
             problems.append(f"foreground_weight must be >= 0, got {self.foreground_weight}")
-        if not 0 <= self.foreground_unlabeled_weight <= 1:
-            problems.append("foreground_unlabeled_weight must be between 0 and 1, got "
-                            f"{self.foreground_unlabeled_weight}")
+        if isinstance(self.foreground_ring, bool) or not isinstance(self.foreground_ring, int) \
+                or self.foreground_ring < 0:
+            problems.append(f"foreground_ring must be a whole number of pixels >= 0, got "
+                            f"{self.foreground_ring!r}")
         if not self.foreground_lr > 0:
             problems.append(f"foreground_lr must be positive, got {self.foreground_lr}")
         if self.batch_size < 1:
@@ -251,11 +248,10 @@ class TrainingConfig:
 
         Architecture keys a config written before they existed lacks take the value the
         network of that time had (no foreground head), not today's default; so does the
-        foreground loss's unlabeled weight (0 before it existed), so that a resumed run keeps
-        its loss.
+        foreground loss's ring (none before it existed), so that a resumed run keeps its loss.
         """
         data = {**LEGACY_ARCHITECTURE_DEFAULTS, **dict(data)}
-        data.setdefault("foreground_unlabeled_weight", 0.0)
+        data.setdefault("foreground_ring", 0)
         return _build(cls, data, "training config")
 
     def replace(self, **changes: Any) -> TrainingConfig:

@@ -85,6 +85,7 @@ def segment(
     mask: np.ndarray | None = None,
     foreground: np.ndarray | None = None,
     foreground_threshold: float = 0.5,
+    foreground_crop: bool = True,
     min_size: int | str = "auto",
     merge: bool | str = False,
     fill: bool | None = None,
@@ -115,6 +116,10 @@ def segment(
         clustered one connected component at a time (``PER_COMPONENT_METHODS``).
     foreground_threshold : float
         See ``foreground``.
+    foreground_crop : bool
+        Also remove the kept segments' pixels whose probability is at most the threshold
+        (``postprocess.keep_foreground_segments``): segments spill a few pixels into the
+        unlabeled background around them, where the head is sharper.
     min_size : int or "auto"
         Segments smaller than this (pixels) become 0 (or are filled, see ``fill``). For
         ``"hdbscan"`` it is also the default ``min_cluster_size`` when positive. ``"auto"``
@@ -191,7 +196,8 @@ def segment(
         adjacent_only = merge == "adjacent"
         labels = merge_close_clusters(labels, embeddings, delta_d, adjacent_only=adjacent_only)
     if foreground is not None and not per_component:
-        labels = keep_foreground_segments(labels, foreground, foreground_threshold)
+        labels = keep_foreground_segments(labels, foreground, foreground_threshold,
+                                          crop=foreground_crop)
         # fill may only give pixels of the kept objects (removed small pieces) to neighbours
         mask = labels > 0
     if min_size == "auto":
@@ -247,6 +253,11 @@ def _cluster(embeddings, method, delta_v, delta_d, mask, min_size, params,
             smallest = params.get("min_cluster_size") or default_min_cluster_size(mask.ndim)
             if np.count_nonzero(mask) < 2 * smallest:
                 return mask.astype(np.int64)  # too small to hold two clusters: one object
+            # Every pixel of a foreground piece belongs to some object: a low density
+            # requirement keeps HDBSCAN from calling object borders noise (min_samples =
+            # min_cluster_size left half of a StarDist image's foreground as noise).
+            if params.get("min_samples") is None:
+                params["min_samples"] = max(2, smallest // 10)
         return hdbscan_labels(embeddings, delta_v=delta_v, mask=mask,
                               allow_single_cluster=single_cluster, **params)
     if method == "meanshift":

@@ -112,14 +112,31 @@ def merge_close_clusters(
 
 
 def keep_foreground_segments(labels: np.ndarray, foreground: np.ndarray,
-                             threshold: float = 0.5) -> np.ndarray:
-    """Set every segment whose mean foreground probability is ``<= threshold`` to 0."""
+                             threshold: float = 0.5, crop: bool = False) -> np.ndarray:
+    """Set every segment whose mean foreground probability is ``<= threshold`` to 0.
+
+    With ``crop``, the kept segments also lose their pixels at or below the threshold: the
+    embeddings of an object's unlabeled surroundings are close to its own, so its segment
+    spills a few pixels into the background, where the foreground head is sharper.
+
+    Examples
+    --------
+    >>> labels = np.array([[1, 1, 1, 2, 2]])
+    >>> foreground = np.array([[0.9, 0.8, 0.3, 0.2, 0.1]])
+    >>> keep_foreground_segments(labels, foreground).tolist()
+    [[1, 1, 1, 0, 0]]
+    >>> keep_foreground_segments(labels, foreground, crop=True).tolist()
+    [[1, 1, 0, 0, 0]]
+    """
     compact, sizes = _compact(labels)
     total = np.bincount(compact.reshape(-1), weights=foreground.reshape(-1),
                         minlength=sizes.size)
     background = total <= threshold * np.maximum(sizes, 1)
     background[0] = True
-    return np.where(background[compact], 0, compact)
+    kept = np.where(background[compact], 0, compact)
+    if crop:
+        kept[foreground <= threshold] = 0
+    return kept
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
