@@ -153,11 +153,6 @@ def segment(
     if method not in METHODS:
         raise SpocoInputError(f"Unknown clustering method {method!r}; use one of {METHODS}.")
     _check_params(method, params)
-    if delta_v <= 0 or delta_d <= 0:
-        raise SpocoInputError(
-            f"delta_v and delta_d must be positive (the training margins, default 0.5 and "
-            f"2.0); got {delta_v} and {delta_d}."
-        )
     if min_size != "auto" and (
         isinstance(min_size, (bool, str)) or not float(min_size).is_integer() or min_size < 0
     ):
