@@ -29,7 +29,12 @@ import torch
 from napari_spoco.core.metrics import evaluate
 from napari_spoco.core.prediction import predict_with_foreground
 from napari_spoco.core.sampling import background_strokes, subsample_objects
-from napari_spoco.core.segmentation import segment_output, settings_for
+from napari_spoco.core.segmentation import (
+    segment_output,
+    segmentation_settings,
+    settings_for,
+    summarize_annotations,
+)
 from napari_spoco.core.training import Trainer, TrainingConfig
 from napari_spoco.datasets import sample_dataset
 
@@ -73,6 +78,8 @@ def run_setting(image, truth, setting, seed, args) -> dict:
     train_image, test_image = split(image)
     train_truth, test_truth = split(truth)
     labels, convention = training_labels(train_truth, setting, seed)
+    if args.rescore:
+        return rescore(labels, convention, test_truth, setting, seed, args)
     ndim = image.ndim
     patch = (128, 128) if ndim == 2 else (16, 64, 64)
     patch = tuple(min(p, s) for p, s in zip(patch, train_image.shape))
@@ -81,29 +88,78 @@ def run_setting(image, truth, setting, seed, args) -> dict:
                             autosave_seconds=None, **convention, **args.config)
     start = time.perf_counter()
     trainer = Trainer([(train_image, labels)], config)
-    for _ in trainer.steps():
-        pass
+    rows = []
+    for step, _ in enumerate(trainer.steps(), start=1):
+        if step in args.report_at and step < args.iterations:
+            rows.append(score(trainer, test_image, test_truth, setting, seed, step, start, args))
+    rows.append(score(trainer, test_image, test_truth, setting, seed, args.iterations, start,
+                      args))
+    return rows
+
+
+def score(trainer, test_image, test_truth, setting, seed, step, start, args) -> dict:
+    """Segment the test half with the defaults of ``trainer`` at ``step`` and score it."""
     train_seconds = time.perf_counter() - start
     embeddings, foreground = predict_with_foreground(trainer.model, test_image,
                                                      trainer.normalization, device="cpu")
     settings = settings_for(trainer)
     seg = segment_output(embeddings, foreground, settings)
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+        path = os.path.join(args.keep, kept_name(args, setting, seed, step))
+        np.savez_compressed(path + ".npz", embeddings=embeddings, foreground=foreground)
+        trainer.save(path + ".pt")
     scores = evaluate(test_truth, seg)
-    return {"setting": setting, "seed": seed, "train_s": train_seconds,
+    return {"setting": setting, "seed": seed, "steps": step, "train_s": train_seconds,
             "min_size": settings.min_size, "foreground": settings.use_foreground, **scores}
 
 
-def main():
+def kept_name(args, setting, seed, step) -> str:
+    return f"{args.dataset}_{setting}_seed{seed}_step{step}"
+
+
+def rescore(labels, convention, test_truth, setting, seed, args) -> list[dict]:
+    """Segment the predictions a ``--keep`` run saved with today's clustering code.
+
+    The settings are decided as ``settings_for`` decides them for the trainer: the training
+    config's margins, the network's head, the annotation summary of the same training labels.
+    """
+    rows = []
+    for step in sorted({*args.report_at, args.iterations}):
+        if step > args.iterations:
+            continue
+        kept = np.load(os.path.join(args.rescore, kept_name(args, setting, seed, step) + ".npz"))
+        config = TrainingConfig(**convention, **args.config)
+        summary = summarize_annotations([labels], config.mode, config.background_id,
+                                        config.ignore_id)
+        settings = segmentation_settings(config, {"foreground": config.foreground}, summary)
+        seg = segment_output(kept["embeddings"], kept["foreground"], settings)
+        rows.append({"setting": setting, "seed": seed, "steps": step, "train_s": float("nan"),
+                     "min_size": settings.min_size, "foreground": settings.use_foreground,
+                     **evaluate(test_truth, seg)})
+    return rows
+
+
+def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="stardist_2d")
     parser.add_argument("--settings", nargs="+", default=["dense", "sparse@0.1", "sparse@0.4"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report-at", type=int, nargs="*", default=[], metavar="STEP",
+                        help="also score the model at these steps of the same run")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="save the test half's embeddings and foreground, and the "
+                             "checkpoint, per scored step")
+    parser.add_argument("--rescore", metavar="DIR",
+                        help="no training: segment and score the predictions a --keep DIR run "
+                             "saved (same --dataset, --settings, --seeds, --iterations, "
+                             "--report-at), with the clustering code of today")
     parser.add_argument("--json", help="write all rows here")
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                         help="TrainingConfig changes for an ablation, e.g. foreground_ring=0")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.config = {key: json.loads(value) for key, value in
                    (item.split("=", 1) for item in args.config)}
     torch.set_num_threads(args.threads)
@@ -120,9 +176,9 @@ def main():
           f"ARand {baseline['adapted_rand_error']:.3f} segments {baseline['n_seg']}", flush=True)
     for setting in args.settings:
         for seed in args.seeds:
-            row = run_setting(image, truth, setting, seed, args)
-            rows.append(row)
-            print(f"  {setting:<11} seed {seed}: SBD {row['sbd']:.3f} AP50 {row['ap50']:.3f} "
+            for row in run_setting(image, truth, setting, seed, args):
+                rows.append(row)
+                print(f"  {setting:<11} seed {seed} step {row['steps']}: SBD {row['sbd']:.3f} AP50 {row['ap50']:.3f} "
                   f"ARand {row['adapted_rand_error']:.3f} segments {row['n_seg']} "
                   f"(min_size {row['min_size']}, foreground {row['foreground']}, "
                   f"{row['train_s']:.0f} s)", flush=True)
@@ -131,7 +187,8 @@ def main():
     print(f"| Otsu + watershed | {baseline['sbd']:.3f} | {baseline['ap50']:.3f} | "
           f"{baseline['adapted_rand_error']:.3f} | {baseline['n_seg']} |")
     for setting in args.settings:
-        picked = [r for r in rows if r["setting"] == setting]
+        picked = [r for r in rows if r["setting"] == setting
+                  and r["steps"] == args.iterations]
 
         def mean_sd(key):
             values = [float(r[key]) for r in picked]
@@ -143,6 +200,7 @@ def main():
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1, default=str)
+    return rows
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tifffile
@@ -133,3 +135,69 @@ def test_sparse_labels_without_background_are_told_to_paint_some(files_2d, tmp_p
                  "500", "--out", tmp_path / "b.pt", "--patch-shape", "32", "32", *TINY) == 0
     assert "No background was painted" not in capsys.readouterr().err
     assert load_checkpoint(tmp_path / "b.pt")["annotations"]["background_known"] is True
+
+
+# -- progress without a terminal -----------------------------------------------------------------
+
+PLAIN = ["--features", "8", "16", "--batch-size", "1", "--iterations", "5", "--device", "cpu",
+         "--patch-shape", "32", "32"]
+LINE = re.compile(r"step (\d+)/5  loss \d+\.\d{4}  [0-9.e+]+ steps/s  ETA (\d+ s|\d+ min \d+ s)")
+
+
+def progress_lines(err):
+    return [line for line in err.splitlines() if line.startswith("step ")]
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(files_2d, tmp_path, capsys):
+    # Under capsys stderr is no terminal, as in a log file or a batch job: tqdm draws nothing.
+    image, labels = files_2d
+    assert train("--image", image, "--labels", labels, "--out", tmp_path / "a.pt", *PLAIN,
+                 "--progress-seconds", "1e-9") == 0
+    lines = progress_lines(capsys.readouterr().err)
+    assert [int(LINE.fullmatch(line).group(1)) for line in lines] == [1, 2, 3, 4, 5]
+    assert lines[-1].endswith("ETA 0 s")
+
+    # the default interval (10 s) is longer than this run: only the line at the end
+    assert train("--image", image, "--labels", labels, "--out", tmp_path / "b.pt", *PLAIN) == 0
+    err = capsys.readouterr().err
+    assert [LINE.fullmatch(line).group(1) for line in progress_lines(err)] == ["5"]
+    assert "5 steps" in err  # the run's settings line says how long it will be
+
+    assert train("--image", image, "--labels", labels, "--out", tmp_path / "c.pt", *PLAIN,
+                 "--progress-seconds", "1e-9", "--no-progress") == 0
+    assert progress_lines(capsys.readouterr().err) == []
+
+    assert train("--image", image, "--labels", labels, "--out", tmp_path / "d.pt", *PLAIN,
+                 "--progress-seconds", "-1") == 2
+    assert "--progress-seconds" in capsys.readouterr().err
+
+
+def test_progress_lines_come_every_interval_and_at_the_end():
+    from types import SimpleNamespace
+
+    from napari_spoco.cli.train import ProgressLines
+
+    class Stream:
+        def __init__(self):
+            self.text = ""
+
+        def write(self, text):
+            self.text += text
+
+        def flush(self):
+            pass
+
+    now = [0.0]
+    stream = Stream()
+    lines = ProgressLines(total=100, every=10.0, stream=stream, clock=lambda: now[0])
+    for step in range(1, 36):  # one step per second, 2 steps per second after step 20
+        now[0] += 1.0 if step <= 20 else 0.5
+        lines.update(SimpleNamespace(iteration=step, smoothed_loss=1.0 / step))
+    lines.close()
+    printed = stream.text.splitlines()
+    assert [line.split("  ")[0] for line in printed] == ["step 10/100", "step 20/100",
+                                                         "step 35/100"]
+    assert printed[0] == "step 10/100  loss 0.1000  1 steps/s  ETA 1 min 30 s"
+    assert printed[2].endswith("2 steps/s  ETA 32 s")  # 65 steps left at the recent speed
+    lines.close()  # the last step is printed once
+    assert len(stream.text.splitlines()) == 3

@@ -59,6 +59,23 @@ def test_sparse_vs_dense_fills_every_row(scripts, capsys):
     assert "| A.5 sparse spread" in capsys.readouterr().out
 
 
+def test_nuclei_quality_rescores_kept_predictions_as_the_run_scored_them(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import nuclei_quality
+
+    common = ["--settings", "sparse@0.4", "--seeds", "0", "--iterations", "3", "--report-at",
+              "2", "--threads", "1"]
+    trained = nuclei_quality.main(common + ["--keep", str(tmp_path)])
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".npz", ".npz", ".pt", ".pt"]
+    rescored = nuclei_quality.main(common + ["--rescore", str(tmp_path)])
+    assert [r["steps"] for r in trained[1:]] == [2, 3] == [r["steps"] for r in rescored[1:]]
+    keys = ("sbd", "ap50", "adapted_rand_error", "n_seg", "min_size", "foreground")
+    for run, again in zip(trained[1:], rescored[1:]):
+        assert {k: run[k] for k in keys} == {k: again[k] for k in keys}
+    baseline = trained[0]
+    assert baseline["setting"].startswith("Otsu") and 0.5 < baseline["sbd"] < 1.0
+
+
 def test_adversarial_ablation_runs_the_critic_in_3d(scripts, monkeypatch):
     ablation = scripts[2]
     monkeypatch.setitem(ablation.SETTINGS, (3, True),

@@ -116,6 +116,46 @@ def test_background_region_does_not_become_fragments():
     assert evaluate(truth, labels)["sbd"] > 0.85
 
 
+def test_objects_with_one_embedding_across_a_background_gap_are_two_segments():
+    # Two nuclei whose (unlabeled, hence pulled together) embeddings are the same and a thin
+    # gap of background between them whose embeddings are close too: mutex watershed makes
+    # one segment of all three; the foreground cuts it into the two objects.
+    truth = np.zeros((40, 60), np.int64)
+    truth[10:30, 8:28], truth[10:30, 31:51] = 1, 2
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(0, 0.05, (4, *truth.shape)).astype(np.float32)
+    embeddings[0, truth == 0] += 3.0
+    embeddings[0, :, 28:31] = 0.3  # the gap looks like the objects
+    foreground = np.where(truth > 0, 0.9, 0.1).astype(np.float32)
+    settings = segmentation_settings(None, {"foreground": True},
+                                     {"median_object_size": 400, "background_known": True})
+    labels = segment_output(embeddings, foreground, settings)
+    assert np.unique(segment(embeddings, min_size=50)[10:30, 8:51]).size == 1
+    assert np.unique(labels[truth > 0]).size == 2 and not labels[truth == 0].any()
+    assert evaluate(truth, labels)["sbd"] == 1.0
+
+
+def test_a_small_object_alone_in_the_background_is_kept_and_a_fragment_is_not():
+    truth = np.zeros((40, 70), np.int64)
+    truth[5:35, 5:35] = 1  # 900 pixels, like the painted objects
+    truth[15:23, 50:58] = 2  # 64 pixels: a small nucleus, alone in the background
+    rng = np.random.default_rng(1)
+    embeddings = rng.normal(0, 0.05, (4, *truth.shape)).astype(np.float32)
+    embeddings[0, truth == 0] += 3.0
+    embeddings[1, truth == 2] += 3.0
+    embeddings[2, 5:12, 5:12] += 3.0  # a 49-pixel fragment inside object 1
+    foreground = np.where(truth > 0, 0.9, 0.1).astype(np.float32)
+    settings = segmentation_settings(None, {"foreground": True},
+                                     {"median_object_size": 900, "background_known": True})
+    assert 49 < 64 < settings.min_size == 180
+    labels = segment_output(embeddings, foreground, settings)
+    assert evaluate(truth, labels)["sbd"] == 1.0  # the nucleus kept, the fragment filled
+    tiny = np.where(truth == 2, 0.9, 0.1).astype(np.float32)
+    tiny[15:23, 50:58], tiny[18:21, 52:55] = 0.1, 0.9  # now 9 pixels: a speck, removed
+    speck = segment_output(embeddings, np.maximum(tiny, (truth == 1) * 0.9), settings)
+    assert np.unique(speck).tolist() == [0, 1]
+
+
 def test_hdbscan_and_meanshift_without_foreground_carry_a_note():
     with_background = {"median_object_size": 300, "background_known": True}
     no_background = {"median_object_size": 300, "background_known": False}

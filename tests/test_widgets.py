@@ -203,7 +203,9 @@ def test_fine_tune_a_shipped_model(spoco, qtbot, notes, tmp_path):
     settings = widget.train.settings
     settings.source_combo.setCurrentText(f"shipped: {name}")
     assert settings.source_path() == str(path)
-    assert settings.lr_spin.value() == pytest.approx(2e-5)
+    # a tenth of the lr the source was trained with (shipped models: 1e-3), as the CLI does
+    expected_lr = load_model(path).config["lr"] / 10
+    assert settings.lr_spin.value() == pytest.approx(expected_lr)
     assert not settings.features_edit.isEnabled()  # the source's architecture is used
     widget.train.start()
     wait_for_training(qtbot, widget)
@@ -212,4 +214,4 @@ def test_fine_tune_a_shipped_model(spoco, qtbot, notes, tmp_path):
     # the source's network, plus a new foreground head (shipped models have none)
     assert tuned.architecture == {**source.architecture, "foreground": True}
     assert tuned.iteration == 2
-    assert tuned.config["lr"] == pytest.approx(2e-5)
+    assert tuned.config["lr"] == pytest.approx(expected_lr)

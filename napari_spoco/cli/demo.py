@@ -33,8 +33,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="run without napari even if a display is available")
     parser.add_argument("--out", default="demo-output",
                         help="output folder (default ./%(default)s)")
-    parser.add_argument("--iterations", type=int, default=300,
-                        help="training steps (default %(default)s: about a minute or two on a CPU)")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="training steps (default: the run-length rule of the Train tab "
+                             "with a shorter time budget: 300 in 2D on a CPU, about 2 min)")
     parser.add_argument("--fraction", type=float, default=0.1,
                         help="fraction of the ground-truth objects that come painted")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -64,19 +65,33 @@ def run(args) -> int:
     return run_napari(args)
 
 
-def demo_config(ndim: int, iterations: int, device: str, seed: int, shape,
-                background_id: int | None = None):
-    """Settings of the demo: a small network that learns the sample in a few hundred steps."""
-    from napari_spoco.core.training import TrainingConfig
-    from napari_spoco.widgets._logic import default_patch_and_batch
+def demo_iterations(shape, device: str) -> int:
+    """The demo's run length: the Train tab's rule with a budget that fits three minutes."""
+    from napari_spoco.core.run_defaults import DEMO_BUDGET_SECONDS, default_iterations
 
-    patch, batch = default_patch_and_batch(shape, "cpu" if device == "cpu" else device)
+    return default_iterations(shape, device, budget_seconds=DEMO_BUDGET_SECONDS)
+
+
+def demo_config(ndim: int, iterations: int | None, device: str, seed: int, shape,
+                background_id: int | None = None):
+    """Settings of the demo: a small network that learns the sample in a few hundred steps.
+
+    Patch and batch are the run defaults of ``core.run_defaults`` for the sample's shape and
+    the device, as in the Train tab and ``napari-spoco train``; iterations (when None) follow
+    the same rule with the demo's shorter time budget.
+    """
+    from napari_spoco.core.run_defaults import default_patch_and_batch
+    from napari_spoco.core.training import TrainingConfig
+
+    patch, batch = default_patch_and_batch(shape, device)
+    if iterations is None:
+        iterations = demo_iterations(shape, device)
     return TrainingConfig(ndim=ndim, features=DEMO_FEATURES, patch_shape=patch, batch_size=batch,
                           iterations=iterations, device=device, seed=seed,
                           background_id=background_id, autosave_seconds=None)
 
 
-def run_headless(sample: str, out: Path, iterations: int = 300, fraction: float = 0.1,
+def run_headless(sample: str, out: Path, iterations: int | None = None, fraction: float = 0.1,
                  device: str = "auto", seed: int = 0, log=print) -> dict:
     """Train, predict, segment and evaluate on ``sample``; write everything into ``out``.
 
@@ -183,11 +198,17 @@ def run_napari(args) -> int:
     """Open napari with the sample, its painted labels and the dock; optionally start."""
     import napari
 
+    from napari_spoco.core.devices import resolve_device
+
     viewer = napari.Viewer(title="napari-spoco demo")
     viewer.open_sample("napari-spoco", args.sample)
     _, widget = viewer.window.add_plugin_dock_widget("napari-spoco", "SPOCO")
     settings = widget.train.settings
-    settings.iterations_spin.setValue(args.iterations)
+    iterations = args.iterations
+    if iterations is None:
+        image = next(layer for layer in viewer.layers if isinstance(layer, napari.layers.Image))
+        iterations = demo_iterations(image.data.shape, resolve_device(args.device).type)
+    settings.iterations_spin.setValue(iterations)
     settings.features_edit.setText(", ".join(str(f) for f in DEMO_FEATURES))
     settings.save_edit.setText(str(Path(args.out).resolve() / "model.pt"))
     if np.any(np.asarray(viewer.layers[-1].data) == widget.data.background_spin.value()):

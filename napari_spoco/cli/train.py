@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 HELP = "train a SPOCO embedding network from sparse labels (or fine-tune / resume one)"
+#: Seconds between two progress lines when stderr is not a terminal (tqdm is silent there).
+PROGRESS_SECONDS = 10.0
 
 EPILOG = """\
 examples:
@@ -16,6 +19,8 @@ examples:
   napari-spoco train --resume model.pt --image a.tif --labels a_labels.tif --iterations 20000
 
 Labels: 0 = unlabeled (sparse mode) or background (--mode dense); every other id is one object.
+Options left out that depend on the data (--iterations, --patch-shape, --batch-size, --lr) are
+decided from the smallest image, the device and the source model exactly as in napari's Train tab.
 Ctrl-C stops after saving the checkpoint; the file is also saved every --autosave-seconds.
 --out is never one of the inputs, and an existing --out is replaced only with --overwrite
 (resuming writes the checkpoint it resumed from without it).
@@ -47,7 +52,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     start = parser.add_argument_group("model").add_mutually_exclusive_group()
     start.add_argument("--source", default=None, metavar="CKPT",
-                       help="fine-tune this checkpoint (default lr: its lr / 10)")
+                       help="fine-tune this checkpoint (default lr: the lr it was trained "
+                            "with / 10)")
     start.add_argument("--resume", default=None, metavar="CKPT",
                        help="continue this training run at its saved iteration (its settings "
                             "are used; only --iterations and --device may change)")
@@ -64,17 +70,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                            help="checkpoint to write (required unless --resume, which defaults "
                                 "to overwriting the resumed file)")
     run_group.add_argument("--iterations", type=int, default=None,
-                           help="optimizer steps (default 10000)")
+                           help="optimizer steps (default: a few minutes on a CPU: at least 300, "
+                                "more for small images; on a GPU 5000 in 2D, 2000 in 3D)")
     run_group.add_argument("--patch-shape", type=int, nargs="+", default=None, metavar="N",
-                           help="training patch, e.g. 256 256 or 32 64 64 (clipped to the images)")
-    run_group.add_argument("--batch-size", type=int, default=None, help="patches per step (4)")
+                           help="training patch, e.g. 256 256 or 32 64 64 (clipped to the images; "
+                                "default 128² on a CPU, 256² on a GPU; 3D 16×64², 32×128²)")
+    run_group.add_argument("--batch-size", type=int, default=None,
+                           help="patches per step (default 4 on a CPU, 8 on a GPU; 3D 1, 2)")
     run_group.add_argument("--lr", type=float, default=None,
-                           help="learning rate (default 2e-4; fine-tuning: source lr / 10)")
+                           help="learning rate (default 2e-4; fine-tuning: the source's lr / 10)")
     run_group.add_argument("--device", default=None, help="auto (default), cpu, cuda or mps")
     run_group.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     run_group.add_argument("--autosave-seconds", type=float, default=None, metavar="S",
                            help="save the checkpoint at least every S seconds (default 60)")
-    run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run_group.add_argument("--no-progress", action="store_true",
+                           help="no progress bar (nor progress lines)")
+    run_group.add_argument("--progress-seconds", type=float, default=PROGRESS_SECONDS,
+                           metavar="S",
+                           help="when stderr is not a terminal (a log file, a batch job), print a "
+                                "progress line every S seconds and at the end (default "
+                                "%(default)g)")
     run_group.add_argument("--overwrite", action="store_true",
                            help="replace an existing --out checkpoint (resuming may always "
                                 "write the checkpoint it resumed from)")
@@ -105,8 +120,14 @@ def read_pairs(args) -> list:
     return pairs
 
 
-def build_config(args):
-    """A ``TrainingConfig`` from the options given (unset ones keep their defaults)."""
+def build_config(args, pairs=None):
+    """A ``TrainingConfig`` from the options given.
+
+    With the training ``pairs``, the options left out that depend on the data, the device and
+    the source model (``--lr``, ``--iterations``, ``--patch-shape``, ``--batch-size``, and the
+    3D anisotropy) are decided by ``core.run_defaults`` as the Train tab decides them; other
+    unset options keep the ``TrainingConfig`` defaults.
+    """
     from napari_spoco.core.training import TrainingConfig
 
     settings = {
@@ -127,7 +148,47 @@ def build_config(args):
     settings = {key: value for key, value in settings.items() if value is not None}
     if args.norm is not None:
         settings["norm"] = None if args.norm == "none" else args.norm
+    shapes = None if pairs is None else spatial_shapes(pairs, args.channel_axis)
+    if shapes is not None:
+        settings.update(run_settings(args, shapes).as_dict())
     return TrainingConfig(**settings)
+
+
+def spatial_shapes(pairs, channel_axis) -> list[tuple[int, ...]] | None:
+    """Spatial shapes of the training images, or None if they are not all 2D or 3D (the
+    trainer then explains what is wrong)."""
+    import numpy as np
+
+    from napari_spoco.core.validation import check_channel_axis
+
+    shapes = []
+    for image, _ in pairs:
+        shape = tuple(int(s) for s in np.shape(image))
+        check_channel_axis(shape, channel_axis)
+        if channel_axis is not None:
+            drop = channel_axis % len(shape)
+            shape = shape[:drop] + shape[drop + 1:]
+        shapes.append(shape)
+    if not shapes or {len(s) for s in shapes} not in ({2}, {3}):
+        return None
+    return shapes
+
+
+def run_settings(args, shapes):
+    """lr, iterations, patch, batch and anisotropy: the options given, else the defaults of
+    ``core.run_defaults`` for these image shapes, the device and the ``--source`` model."""
+    from napari_spoco.core.checkpoint import load_checkpoint
+    from napari_spoco.core.devices import resolve_device
+    from napari_spoco.core.run_defaults import resolve_run_settings, source_learning_rate
+
+    source_lr = None
+    if args.source is not None and args.lr is None:
+        source_lr = source_learning_rate(load_checkpoint(args.source))
+    return resolve_run_settings(
+        shapes, resolve_device(args.device or "auto").type,
+        fine_tuning=args.source is not None, source_lr=source_lr, lr=args.lr,
+        iterations=args.iterations, patch_shape=args.patch_shape, batch_size=args.batch_size,
+    )
 
 
 #: Options a resumed run takes from its checkpoint instead (``--channel-axis`` is compared).
@@ -186,13 +247,68 @@ def make_trainer(args, pairs, out: Path):
     if args.resume is not None:
         return Trainer.from_checkpoint(args.resume, pairs, iterations=args.iterations,
                                        device=args.device, autosave_path=out)
-    return Trainer(pairs, build_config(args), source=args.source, autosave_path=out)
+    return Trainer(pairs, build_config(args, pairs), source=args.source, autosave_path=out)
+
+
+class ProgressLines:
+    """Plain progress lines for a log: tqdm draws nothing when stderr is not a terminal.
+
+    :meth:`update` prints ``step 120/300  loss 0.1234  2.9 steps/s  ETA 1 min 02 s`` when at
+    least ``every`` seconds passed since the previous line (the speed is measured over that
+    interval); :meth:`close` prints the last step if it was not printed yet.
+    """
+
+    def __init__(self, total: int, every: float = PROGRESS_SECONDS, stream=None,
+                 clock=time.monotonic, start_iteration: int = 0):
+        self.total = int(total)
+        self.every = float(every)
+        self.stream = stream
+        self.clock = clock
+        self._last_time = clock()
+        self._last_iteration = int(start_iteration)
+        self._report = None
+
+    def update(self, report) -> None:
+        """Note one step; print a line if one is due."""
+        self._report = report
+        if self.clock() - self._last_time >= self.every:
+            self._print()
+
+    def close(self) -> None:
+        """Print the last step unless it was just printed."""
+        if self._report is not None and self._report.iteration != self._last_iteration:
+            self._print()
+
+    def _print(self) -> None:
+        from napari_spoco.widgets._logic import format_duration
+
+        report, now = self._report, self.clock()
+        elapsed = now - self._last_time
+        rate = (report.iteration - self._last_iteration) / elapsed if elapsed > 0 else 0.0
+        left = max(self.total - report.iteration, 0)
+        eta = format_duration(left / rate) if rate > 0 else "unknown"
+        print(f"step {report.iteration}/{self.total}  loss {report.smoothed_loss:.4f}  "
+              f"{rate:.3g} steps/s  ETA {eta}", file=self.stream or sys.stderr, flush=True)
+        self._last_time, self._last_iteration = now, report.iteration
+
+
+def progress_lines_wanted(args, stream=None) -> bool:
+    """Whether to print progress lines: progress on, and ``stream`` (stderr) not a terminal."""
+    stream = stream or sys.stderr
+    isatty = getattr(stream, "isatty", None)
+    return not args.no_progress and not (isatty is not None and isatty())
 
 
 def run(args) -> int:
     """Train, showing the loss in a progress bar; save at the end and on Ctrl-C."""
     from tqdm import tqdm
 
+    from napari_spoco.core.errors import SpocoInputError
+
+    if not args.progress_seconds >= 0:
+        raise SpocoInputError(
+            f"--progress-seconds must be a number of seconds >= 0, got {args.progress_seconds}."
+        )
     out = check_out(args)
     if args.resume is not None:
         check_resume_options(args)
@@ -203,7 +319,9 @@ def run(args) -> int:
         f"Training a {config.ndim}D U-Net {list(config.features)} on {len(pairs)} image(s), "
         f"{sum(trainer.data.objects_per_pair())} labeled object(s), {config.mode} labels, "
         f"patch {list(config.patch_shape)} x {config.batch_size}, lr {trainer.lr:g}, "
-        f"device {trainer.device}" + (f", from {args.source}" if args.source else ""),
+        f"{config.iterations} steps, device {trainer.device}"
+        + (", anisotropic" if config.ndim == 3 and config.anisotropic else "")
+        + (f", from {args.source}" if args.source else ""),
         file=sys.stderr,
     )
     from napari_spoco.core.segmentation import settings_for
@@ -212,18 +330,28 @@ def run(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     bar = tqdm(total=config.iterations, initial=trainer.iteration, unit="step",
                disable=True if args.no_progress else None, dynamic_ncols=True)
+    lines = None
+    if progress_lines_wanted(args):
+        lines = ProgressLines(config.iterations, args.progress_seconds,
+                              start_iteration=trainer.iteration)
     try:
         for report in trainer.steps():
             bar.update(1)
             bar.set_postfix(loss=f"{report.smoothed_loss:.4f}", lr=f"{report.lr:.2g}",
                             refresh=False)
+            if lines is not None:
+                lines.update(report)
     except KeyboardInterrupt:
         bar.close()
+        if lines is not None:
+            lines.close()
         trainer.save(out)
         print(f"Interrupted at iteration {trainer.iteration}; saved {out} (continue with "
               f"--resume {out}).", file=sys.stderr)
         return 130
     bar.close()
+    if lines is not None:
+        lines.close()
     # steps() saved to the autosave path (= out) when it ended.
     reason = {"lr": "the learning rate fell below its minimum", "stopped": "stopped"}.get(
         trainer.stop_reason, "done")

@@ -19,6 +19,7 @@ from .augment import AugmentConfig, Geometry, apply_geometry, draw_geometry, ran
 from .augment import window_slices
 from .errors import SpocoInputError
 from .normalization import Normalization
+from .run_defaults import default_anisotropic
 from .validation import slabs, validate_pair
 
 __all__ = ["TrainingData", "validate_pair", "DEFAULT_PATCH_SHAPES"]
@@ -81,7 +82,8 @@ class TrainingData:
         Painted background (one more object) and pixels that take part in nothing.
     anisotropic : bool, optional
         3D only: keep rotations, scalings and flips in-plane. None (default) decides from the
-        shapes: anisotropic when every image has ``Z ≤ min(Y, X) / 2``.
+        shapes: anisotropic when every image has ``Z ≤ min(Y, X) / 2``
+        (``run_defaults.default_anisotropic``, the rule of every front end).
     normalization : Normalization, optional
         Intensity statistics; fitted on the images when None.
     augment : bool, AugmentConfig or dict
@@ -144,7 +146,7 @@ class TrainingData:
         self.in_channels = channels.pop()
         self._require_labels(self._index)
         if anisotropic is None:
-            anisotropic = self.ndim == 3 and all(s[0] * 2 <= min(s[1:]) for s in self.shapes)
+            anisotropic = self.ndim == 3 and default_anisotropic(self.shapes)
         self.anisotropic = bool(anisotropic) and self.ndim == 3
         self.patch_shape = self._clip_patch(patch_shape)
         if normalization is None:

@@ -115,10 +115,10 @@ def parameter_groups(model: UNet, config: TrainingConfig) -> list[dict]:
     """Adam groups: the network, and the foreground head at ``config.foreground_lr``.
 
     Adam moves a weight by at most about its learning rate per step, so at the embedding
-    network's 2e-4 (2e-5 when fine-tuning) a fresh foreground head could shift its logits by a
-    few tenths in a thousand steps: it ranked pixels right long before it was calibrated
-    (background at p = 0.4, measured on StarDist nuclei after 300 steps). One linear layer
-    tolerates a far larger step.
+    network's 2e-4 (a tenth of the source's when fine-tuning) a fresh foreground head could
+    shift its logits by a few tenths in a thousand steps: it ranked pixels right long before it
+    was calibrated (background at p = 0.4, measured on StarDist nuclei after 300 steps). One
+    linear layer tolerates a far larger step.
     """
     head = [] if model.foreground_head is None else list(model.foreground_head.parameters())
     head_ids = {id(p) for p in head}

@@ -12,12 +12,14 @@ import numpy as np
 
 from .adversarial import AdversarialSettings
 from .errors import SpocoInputError
+from .run_defaults import (  # noqa: F401 (DEFAULT_LR, FINE_TUNE_LR_DIVISOR: re-exported)
+    DEFAULT_LR,
+    FINE_TUNE_LR_DIVISOR,
+    default_learning_rate,
+    source_learning_rate,
+)
 from .unet import LEGACY_ARCHITECTURE_DEFAULTS, architecture_config, complete_architecture
 from .validation import check_channel_axis
-
-DEFAULT_LR = 2e-4
-#: Fine-tuning divides the source network's initial learning rate by this (paper, Sec. 4).
-FINE_TUNE_LR_DIVISOR = 10.0
 
 
 @dataclass
@@ -77,17 +79,22 @@ class TrainingConfig:
     background_id, ignore_id : int or None
         Label id painted as background (one more object), and id excluded from every term.
     anisotropic : bool or None
-        3D augmentation keeps rotations and scaling in-plane; None: decided by the data.
+        3D augmentation keeps rotations and scaling in-plane; None: decided by the data
+        (``run_defaults.default_anisotropic``: every stack has ``Z ≤ min(Y, X) / 2``).
     augment : bool
         Geometric and photometric augmentation on/off.
     patch_shape : tuple of int or None
         Spatial training patch; None: 256² in 2D and 32×64² in 3D, clipped to the images.
+        (The Train tab, the command line and the demo fill this, ``batch_size`` and
+        ``iterations`` from the images and the device with ``run_defaults``; the values here
+        are only the Python API's fallbacks.)
     batch_size : int
         Patches per optimizer step.
     iterations : int
         Optimizer steps of the run (a resumed run continues up to this number).
     lr : float or None
-        Adam learning rate; None: 2e-4 from scratch, the source's lr / 10 when fine-tuning.
+        Adam learning rate; None: 2e-4 from scratch, the source's lr / 10 when fine-tuning
+        (``run_defaults.default_learning_rate``, the rule of every front end).
     weight_decay : float
         Adam weight decay (L2, as in the paper).
     momentum : float
@@ -313,16 +320,16 @@ def adopt_source(config: TrainingConfig, checkpoint: dict, path: str) -> None:
     foreground = config.foreground
     config.use_architecture(complete_architecture(architecture))
     config.foreground = foreground  # a source without the head gets one (see load_source_state)
-    source_lr = dict(checkpoint.get("config", {})).get("lr") or DEFAULT_LR
     if config.lr is None:
-        config.lr = float(source_lr) / FINE_TUNE_LR_DIVISOR
+        config.lr = default_learning_rate(fine_tuning=True,
+                                          source_lr=source_learning_rate(checkpoint))
     if config.reduce_lr_on_plateau is None:
         config.reduce_lr_on_plateau = False
 
 
 def resolve_defaults(config: TrainingConfig) -> None:
     if config.lr is None:
-        config.lr = DEFAULT_LR
+        config.lr = default_learning_rate(fine_tuning=False)
     if config.reduce_lr_on_plateau is None:
         config.reduce_lr_on_plateau = True
     config.validate()

@@ -12,9 +12,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-#: Learning rates of the specification: from scratch, and fine-tuning (source lr / 10).
-LR_FROM_SCRATCH = 2e-4
-LR_FINE_TUNING = 2e-5
+# The run defaults (learning rate, patch and batch) are the core's, shared with the command
+# line and the demo; re-exported here for code that imported them from the widgets.
+from napari_spoco.core.run_defaults import (  # noqa: F401
+    default_learning_rate,
+    default_patch_and_batch,
+    fit_patch_side,
+)
 
 #: A live preview predicts at most this many pixels, so it stays a small fraction of a step.
 PREVIEW_MAX_PIXELS_2D = 384 * 384
@@ -74,48 +78,6 @@ def count_objects(labels: np.ndarray, background_id: int | None = None) -> int:
     if background_id is not None:
         ids = ids[ids != background_id]
     return int(ids.size)
-
-
-def default_learning_rate(fine_tuning: bool) -> float:
-    """The specification's Adam learning rate; fine-tuning uses a tenth of it."""
-    return LR_FINE_TUNING if fine_tuning else LR_FROM_SCRATCH
-
-
-def default_patch_and_batch(
-    shape: Sequence[int], device_kind: str, multiple: int = 8
-) -> tuple[tuple[int, ...], int]:
-    """Patch shape and batch size that fit the image and the device.
-
-    Parameters
-    ----------
-    shape : sequence of int
-        Spatial shape of the smallest training image, ``[Z,] Y, X``.
-    device_kind : str
-        ``"cpu"``, ``"cuda"`` or ``"mps"``.
-    multiple : int
-        Patch sides are rounded down to a multiple of this (2 ** poolings) when the image allows.
-
-    Returns
-    -------
-    patch_shape : tuple of int
-    batch_size : int
-    """
-    accelerated = device_kind != "cpu"
-    if len(shape) == 2:
-        wanted, batch = ((256, 256), 8) if accelerated else ((128, 128), 4)
-    else:
-        # z is usually thin: keep it shallow and let the patch be wide in-plane.
-        wanted, batch = ((32, 128, 128), 2) if accelerated else ((16, 64, 64), 1)
-    patch = tuple(fit_patch_side(w, s, multiple) for w, s in zip(wanted, shape))
-    return patch, batch
-
-
-def fit_patch_side(wanted: int, available: int, multiple: int) -> int:
-    """``wanted`` clipped to ``available`` and rounded down to ``multiple`` where possible."""
-    side = min(int(wanted), int(available))
-    if side >= multiple:
-        side -= side % multiple
-    return max(side, 1)
 
 
 def eta_seconds(iteration: int, total: int, seconds_per_step: float) -> float:

@@ -27,12 +27,18 @@ from superqt import QCollapsible
 from napari_spoco.core.devices import available_devices
 from napari_spoco.core.errors import SpocoInputError
 from napari_spoco.core.io import CHECKPOINT_SUFFIXES, check_output
+from napari_spoco.core.run_defaults import (
+    default_anisotropic,
+    default_learning_rate,
+    resolve_run_settings,
+    source_learning_rate,
+)
 from napari_spoco.core.training import LossSettings, TrainingConfig
-
-from ._logic import default_learning_rate, default_patch_and_batch
 
 FROM_SCRATCH = "from scratch"
 CHOOSE_FILE = "choose a file…"
+#: Before any image is chosen, the form shows the defaults for a 2D image this large.
+PLACEHOLDER_SHAPE = (512, 512)
 
 
 def shipped_models() -> list[tuple[str, Path, str]]:
@@ -92,14 +98,19 @@ class TrainSettings(QWidget):
         self.mode_combo.addItems(["sparse", "dense"])
         self.mode_combo.setToolTip(
             "sparse: 0 = not annotated (default). dense: every object is painted, 0 = background")
-        self.iterations_spin = _spin(1, 10_000_000, 1000, tip="Optimizer steps")
+        self.iterations_spin = _spin(
+            1, 10_000_000, 1, tip="Optimizer steps; the default fits the image and the device "
+            "(a few minutes on a CPU)")
         self.lr_spin = _spin(1e-7, 1.0, default_learning_rate(False), decimals=7, step=1e-5,
-                             tip="Adam learning rate; fine-tuning defaults to a tenth")
+                             tip="Adam learning rate; fine-tuning defaults to the source's lr / 10")
         self.patch_edit = QLineEdit("128, 128")
         self.patch_edit.setToolTip("Training patch size per axis ([Z,] Y, X)")
         self.batch_spin = _spin(1, 1024, 4, tip="Patches per optimizer step")
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", *available_devices()])
+        self._shape = None
+        self._suggested = {}  # the values suggest_patch last wrote (the user has not edited)
+        self._apply_defaults(PLACEHOLDER_SHAPE, force=True)
         self.save_edit = QLineEdit(str(Path.home() / "napari-spoco" / "model.pt"))
         self.save_edit.setToolTip("Checkpoint written (atomically) when training stops or ends, "
                                   "and every minute while it runs")
@@ -167,7 +178,6 @@ class TrainSettings(QWidget):
         layout.addWidget(self.advanced)
         self.source_combo.currentIndexChanged.connect(self._on_source_chosen)
         self.device_combo.currentTextChanged.connect(lambda _: self.suggest_patch())
-        self._shape = None
 
     # -- source model --------------------------------------------------------------------
 
@@ -196,11 +206,27 @@ class TrainSettings(QWidget):
                 self.source_combo.setCurrentIndex(0)
             return
         fine_tuning = self.source_path() is not None
-        self.lr_spin.setValue(default_learning_rate(fine_tuning))
+        self.lr_spin.setValue(default_learning_rate(fine_tuning, self._source_lr()))
         self.features_edit.setEnabled(not fine_tuning)
         self.embedding_spin.setEnabled(not fine_tuning)
         self.anisotropic_spin.setEnabled(not fine_tuning)
         self.source_changed.emit()
+
+    def _source_lr(self) -> float | None:
+        """The learning rate the source model was trained with (None: unknown or unreadable).
+
+        An unreadable checkpoint is reported when training starts, not here.
+        """
+        path = self.source_path()
+        if path is None:
+            return None
+        from napari_spoco.core.checkpoint import load_checkpoint
+        from napari_spoco.core.errors import CheckpointError
+
+        try:
+            return source_learning_rate(load_checkpoint(path))
+        except (CheckpointError, OSError, ValueError):
+            return None
 
     def _choose_save_path(self):
         path, _ = QFileDialog.getSaveFileName(self, "Save the model to", self.save_edit.text(),
@@ -215,18 +241,39 @@ class TrainSettings(QWidget):
         return available_devices()[0] if name == "auto" else name.split(":")[0]
 
     def suggest_patch(self, shape=None) -> None:
-        """Set patch and batch size for images of spatial ``shape`` on the chosen device."""
+        """Set iterations, patch and batch size for images of spatial ``shape`` (the smallest
+        of the training images) on the chosen device, as ``core.run_defaults`` decides.
+
+        A value the user has changed since the last suggestion is kept.
+        """
         self._shape = tuple(shape) if shape is not None else self._shape
         if self._shape is None:
             return
-        patch, batch = default_patch_and_batch(self._shape, self.device_kind())
-        self.patch_edit.setText(", ".join(str(p) for p in patch))
-        self.batch_spin.setValue(batch)
+        self._apply_defaults(self._shape)
+
+    def _apply_defaults(self, shape, force: bool = False) -> None:
+        run = resolve_run_settings([shape], self.device_kind())
+        fields = {
+            "iterations": (self.iterations_spin.value, self.iterations_spin.setValue,
+                           run.iterations),
+            "patch": (self.patch_edit.text, self.patch_edit.setText,
+                      ", ".join(str(p) for p in run.patch_shape)),
+            "batch": (self.batch_spin.value, self.batch_spin.setValue, run.batch_size),
+        }
+        for name, (get, set_, value) in fields.items():
+            if force or get() == self._suggested.get(name):
+                set_(value)
+            self._suggested[name] = value
 
     # -- the config -------------------------------------------------------------------------
 
-    def config(self, ndim: int, channel_axis, background_id) -> TrainingConfig:
-        """Collect the form into a validated ``TrainingConfig`` (``SpocoInputError`` if bad)."""
+    def config(self, ndim: int, channel_axis, background_id, shapes=None) -> TrainingConfig:
+        """Collect the form into a validated ``TrainingConfig`` (``SpocoInputError`` if bad).
+
+        ``shapes``, the spatial shapes of the training images, decide the 3D anisotropy as the
+        command line does (``run_defaults.default_anisotropic``); without them the training
+        data decide it by the same rule.
+        """
         patch = parse_ints(self.patch_edit.text(), "The patch size", ndim)
         features = parse_ints(self.features_edit.text(), "The network features")
         return TrainingConfig(
@@ -243,6 +290,7 @@ class TrainSettings(QWidget):
             ),
             mode=self.mode_combo.currentText(),
             background_id=background_id,
+            anisotropic=None if shapes is None else default_anisotropic(shapes),
             augment=self.augment_check.isChecked(),
             patch_shape=patch,
             batch_size=self.batch_spin.value(),

@@ -10,6 +10,7 @@ from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from napari_spoco.core.errors import SpocoInputError
+from napari_spoco.core.run_defaults import smallest_shape
 
 from ._logic import progress_text
 from .loss_plot import LossPlot
@@ -118,8 +119,7 @@ class TrainWidget(QWidget):
         except SpocoInputError:
             return
         if views:
-            shapes = [v.spatial_shape for v in views]
-            self.settings.suggest_patch(tuple(min(s) for s in zip(*shapes)))
+            self.settings.suggest_patch(smallest_shape(v.spatial_shape for v in views))
 
     def _quiet_pairs(self):
         from .layers import image_view
@@ -141,7 +141,8 @@ class TrainWidget(QWidget):
             return None
         try:
             arrays, channel_axis, ndim, views = self.data.training_pairs()
-            config = self.settings.config(ndim, channel_axis, self.data.background_id)
+            config = self.settings.config(ndim, channel_axis, self.data.background_id,
+                                          shapes=[view.spatial_shape for view in views])
             source = self.settings.source_path()
             save_path = self.settings.save_path()
         except SpocoInputError as err:

@@ -1,0 +1,267 @@
+"""One rule for the run defaults (lr, iterations, patch, batch, anisotropy) of every front end."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from napari_spoco.core import run_defaults as rd
+from napari_spoco.core.data import TrainingData
+from napari_spoco.core.training import Trainer, TrainingConfig
+
+# -- the rules ---------------------------------------------------------------------------------
+
+
+def test_learning_rate_is_2e4_from_scratch_and_a_tenth_of_the_source_when_fine_tuning():
+    assert rd.default_learning_rate() == pytest.approx(2e-4)
+    assert rd.default_learning_rate(fine_tuning=True, source_lr=1e-3) == pytest.approx(1e-4)
+    assert rd.default_learning_rate(fine_tuning=True, source_lr=2e-4) == pytest.approx(2e-5)
+    # a source that does not say its lr is taken as trained from scratch at 2e-4
+    assert rd.default_learning_rate(fine_tuning=True) == pytest.approx(2e-5)
+    assert rd.default_learning_rate(fine_tuning=False, source_lr=1e-3) == pytest.approx(2e-4)
+    assert rd.source_learning_rate({"config": {"lr": 1e-3}}) == pytest.approx(1e-3)
+    assert rd.source_learning_rate({"config": {}}) is None
+    assert rd.source_learning_rate({}) is None
+
+
+def test_the_trainer_fine_tunes_with_the_same_rule(tmp_path):
+    from training_support import blobs, tiny
+
+    path = Trainer([blobs()], tiny(lr=1e-3, iterations=0)).save(tmp_path / "source.pt")
+    tuned = Trainer([blobs()], tiny(lr=None), source=path)
+    assert tuned.lr == pytest.approx(rd.default_learning_rate(True, 1e-3)) == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "mps"])
+def test_default_iterations_are_fewer_on_a_cpu_and_in_3d(device):
+    two_d = rd.default_iterations((512, 512), device)
+    three_d = rd.default_iterations((48, 192, 192), device)
+    if device == "cpu":
+        assert two_d == 1500 and three_d == 500  # about 8 min each on a CPU
+    else:
+        assert (two_d, three_d) == (5000, 2000)
+        assert rd.default_iterations((512, 512), "cpu") < two_d
+        assert rd.default_iterations((48, 192, 192), "cpu") < three_d
+    assert rd.default_iterations((512, 512), f"{device}:0") == two_d
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (2048, 2048), (96, 96), (40, 40), (48, 192, 192),
+                                   (31, 61, 57), (6, 36, 36), (200, 1024, 1024)])
+def test_a_default_cpu_run_takes_minutes_not_hours(shape):
+    iterations = rd.default_iterations(shape, "cpu")
+    patch, batch = rd.default_patch_and_batch(shape, "cpu")
+    minutes = iterations * rd.estimated_cpu_seconds_per_step(patch, batch) / 60
+    assert rd.CPU_MIN_ITERATIONS <= iterations <= rd.CPU_MAX_ITERATIONS
+    assert iterations % rd.ITERATION_STEP == 0
+    assert minutes < 10
+    # the step costs the rule is built on: 0.3 s (2D 4 x 128²) and 7 s (3D 4 x 32 x 64²)
+    assert rd.estimated_cpu_seconds_per_step((128, 128), 4) == pytest.approx(0.3)
+    assert rd.estimated_cpu_seconds_per_step((32, 64, 64), 4) == pytest.approx(7.0)
+
+
+def test_small_images_get_more_cheap_steps_on_a_cpu():
+    assert rd.default_iterations((64, 64), "cpu") == rd.CPU_MAX_ITERATIONS
+    assert rd.default_iterations((40, 40), "cpu") == rd.CPU_MAX_ITERATIONS
+    assert rd.default_iterations((96, 96), "cuda") == 5000  # a GPU step is cheap anyway
+
+
+@pytest.mark.parametrize(
+    "shape, device, patch, batch",
+    [
+        ((512, 512), "cpu", (128, 128), 4),
+        ((512, 512), "cuda", (256, 256), 8),
+        ((512, 512), "mps", (256, 256), 8),
+        ((100, 90), "cpu", (96, 88), 4),
+        ((31, 61, 57), "cpu", (16, 56, 56), 1),
+        ((5, 300, 300), "cuda:1", (5, 128, 128), 2),
+    ],
+)
+def test_default_patch_and_batch(shape, device, patch, batch):
+    assert rd.default_patch_and_batch(shape, device) == (patch, batch)
+
+
+def test_the_widgets_keep_their_old_names_for_the_moved_functions():
+    from napari_spoco.widgets import _logic
+
+    assert _logic.default_patch_and_batch is rd.default_patch_and_batch
+    assert _logic.fit_patch_side is rd.fit_patch_side
+    assert _logic.default_learning_rate is rd.default_learning_rate
+    assert not hasattr(_logic, "LR_FINE_TUNING")  # no second constant to drift
+
+
+def test_thin_stacks_are_anisotropic_as_the_training_data_decide():
+    assert rd.default_anisotropic([(12, 64, 64)])
+    assert rd.default_anisotropic([(32, 64, 80)])  # Z = min(Y, X) / 2
+    assert not rd.default_anisotropic([(33, 64, 80)])
+    assert not rd.default_anisotropic([(12, 64, 64), (48, 64, 64)])  # every stack must be thin
+    assert not rd.default_anisotropic([(64, 64)])
+    assert not rd.default_anisotropic([])
+    rng = np.random.default_rng(0)
+    for shape in [(12, 64, 64), (48, 64, 64)]:
+        labels = np.zeros(shape, np.uint32)
+        labels[2:6, 10:20, 10:20] = 1
+        data = TrainingData([(rng.random(shape, dtype=np.float32), labels)], ndim=3)
+        assert data.anisotropic == rd.default_anisotropic([shape])
+
+
+def test_resolve_keeps_what_is_given_and_fills_the_rest():
+    filled = rd.resolve_run_settings([(512, 512), (300, 700)], "cpu")
+    assert filled == rd.RunSettings(lr=2e-4, iterations=1500, patch_shape=(128, 128),
+                                    batch_size=4, anisotropic=False)
+    given = rd.resolve_run_settings([(12, 64, 64)], "cpu", fine_tuning=True, source_lr=1e-3,
+                                    lr=3e-5, iterations=7, patch_shape=(8, 32, 32),
+                                    batch_size=3, anisotropic=False)
+    assert given.as_dict() == {"lr": 3e-5, "iterations": 7, "patch_shape": (8, 32, 32),
+                               "batch_size": 3, "anisotropic": False}
+    # a default never depends on another setting given: patch/batch given leave iterations
+    partial = rd.resolve_run_settings([(12, 64, 64)], "cpu", patch_shape=(8, 32, 32))
+    assert partial.iterations == rd.resolve_run_settings([(12, 64, 64)], "cpu").iterations
+    assert partial.anisotropic and partial.batch_size == 1
+    assert rd.smallest_shape([(512, 300), (200, 400)]) == (200, 300)
+
+
+def test_the_demo_takes_its_defaults_from_the_same_rule():
+    from napari_spoco.cli import demo
+
+    parser = argparse.ArgumentParser()
+    demo.add_parser(parser.add_subparsers())
+    assert parser.parse_args(["demo"]).iterations is None
+    config = demo.demo_config(2, None, "cpu", 0, (512, 512))  # nuclei_2d on a CPU
+    assert config.iterations == 300
+    assert (config.patch_shape, config.batch_size) == ((128, 128), 4)
+    assert demo.demo_config(3, None, "cuda", 0, (48, 192, 192)).iterations == 2000
+    assert demo.demo_config(2, 12, "cpu", 0, (512, 512)).iterations == 12
+
+
+# -- the command line and the Train tab agree ---------------------------------------------------
+
+
+def cli_config(image, labels, *options):
+    """The config ``napari-spoco train`` builds for these arrays (no subprocess, no file read)."""
+    from napari_spoco.cli.train import add_parser, build_config
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["train", "--image", "i.tif", "--labels", "l.tif", "--out", "m.pt",
+                              *map(str, options)])
+    return build_config(args, [(image, labels)])
+
+
+def widget_config(qtbot, shape, device, source=None):
+    """The config the Train tab's form gives for one image of spatial ``shape``."""
+    from napari_spoco.widgets.train_settings import TrainSettings
+
+    settings = TrainSettings()
+    qtbot.addWidget(settings)
+    settings.device_combo.setCurrentText(device)
+    settings.suggest_patch(shape)  # what the Train tab does when the Data tab's pairs change
+    if source is not None:
+        settings.add_model(source)
+    return settings.config(len(shape), None, None, shapes=[shape])
+
+
+def save_source(path, ndim, lr):
+    from training_support import blobs, tiny
+
+    image, labels = blobs((12, 48, 48) if ndim == 3 else (48, 48))
+    patch = (8, 32, 32) if ndim == 3 else (32, 32)
+    config = tiny(lr=lr, iterations=0, patch_shape=patch, batch_size=1)
+    return Trainer([(image, labels)], config).save(path)
+
+
+@pytest.mark.parametrize(
+    "shape, device, source_ndim",
+    [
+        ((300, 280), "cpu", None),
+        ((10, 80, 72), "cpu", None),  # thin stack: anisotropic
+        ((40, 64, 64), "cpu", None),  # not thin
+        ((96, 96), "cpu", 2),  # fine-tuning a source trained at lr 1e-3
+        ((10, 80, 72), "cpu", 3),
+        ((256, 256), "auto", None),  # whatever "auto" is on this machine
+    ],
+)
+def test_cli_and_train_tab_build_the_same_run(qtbot, tmp_path, shape, device, source_ndim):
+    rng = np.random.default_rng(0)
+    image = rng.random(shape, dtype=np.float32)
+    labels = np.zeros(shape, np.uint32)
+    labels[..., 5:15, 5:15] = 1
+    options = [] if device == "auto" else ["--device", device]
+    source = None
+    if source_ndim is not None:
+        source = save_source(tmp_path / "source.pt", source_ndim, lr=1e-3)
+        options += ["--source", source]
+    cli = cli_config(image, labels, *options)
+    gui = widget_config(qtbot, shape, device, source)
+    for name in ("lr", "iterations", "patch_shape", "batch_size", "anisotropic"):
+        assert getattr(cli, name) == pytest.approx(getattr(gui, name)), name
+    assert cli.anisotropic == rd.default_anisotropic([shape])
+    expected_lr = 1e-4 if source is not None else 2e-4
+    assert cli.lr == pytest.approx(expected_lr) and gui.lr == pytest.approx(expected_lr)
+    # and the trainer keeps the decided settings
+    trainer = Trainer([(image, labels)], cli.replace(features=(8, 16), iterations=0),
+                      source=source)
+    assert trainer.config.anisotropic == cli.anisotropic
+    assert trainer.config.patch_shape == cli.patch_shape and trainer.lr == pytest.approx(cli.lr)
+
+
+def test_cli_options_given_win_over_the_defaults():
+    image = np.zeros((10, 80, 72), np.float32)
+    labels = np.ones((10, 80, 72), np.uint32)
+    config = cli_config(image, labels, "--device", "cpu", "--iterations", "7", "--patch-shape",
+                        "4", "32", "32", "--batch-size", "3", "--lr", "5e-4")
+    assert (config.iterations, config.patch_shape, config.batch_size) == (7, (4, 32, 32), 3)
+    assert config.lr == pytest.approx(5e-4) and config.anisotropic
+    # channels first: the defaults are those of the spatial shape
+    two_channels = cli_config(np.zeros((2, 300, 280), np.float32), np.ones((300, 280), np.uint32),
+                              "--device", "cpu", "--channel-axis", "0")
+    assert two_channels.patch_shape == (128, 128) and two_channels.iterations == 1500
+
+
+def test_the_train_tab_keeps_a_value_the_user_changed(qtbot):
+    from napari_spoco.widgets.train_settings import TrainSettings
+
+    settings = TrainSettings()
+    qtbot.addWidget(settings)
+    settings.device_combo.setCurrentText("cpu")
+    settings.suggest_patch((96, 96))
+    assert settings.iterations_spin.value() == rd.default_iterations((96, 96), "cpu")
+    assert settings.patch_edit.text() == "96, 96"
+    settings.iterations_spin.setValue(1234)
+    settings.suggest_patch((48, 192, 192))  # another image: untouched fields follow it
+    assert settings.iterations_spin.value() == 1234
+    assert settings.patch_edit.text() == "16, 64, 64" and settings.batch_spin.value() == 1
+    config = settings.config(3, None, None, shapes=[(48, 192, 192)])
+    assert config.iterations == 1234 and config.anisotropic is True
+
+
+@pytest.mark.gui
+def test_the_dock_decides_like_the_cli_for_a_thin_stack(make_napari_viewer, qtbot):
+    pytest.importorskip("napari")
+    from napari_spoco.widgets import SpocoWidget
+
+    shape = (10, 80, 72)
+    rng = np.random.default_rng(1)
+    image = rng.random(shape, dtype=np.float32)
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="stack")
+    widget = SpocoWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="SPOCO")
+    labels = widget.data.create_labels()
+    labels.data_setitem(np.nonzero(np.ones((2, 5, 5))), 1)
+    settings = widget.train.settings
+    settings.device_combo.setCurrentText("cpu")
+    arrays, channel_axis, ndim, views = widget.data.training_pairs()
+    gui = settings.config(ndim, channel_axis, None, shapes=[v.spatial_shape for v in views])
+    cli = cli_config(*arrays[0], "--device", "cpu")
+    for name in ("lr", "iterations", "patch_shape", "batch_size", "anisotropic"):
+        assert getattr(cli, name) == pytest.approx(getattr(gui, name)), name
+    assert gui.anisotropic is True
+    widget.shutdown()
+
+
+def test_training_config_keeps_its_python_api_defaults():
+    # Front ends decide every run default; TrainingConfig() alone keeps its documented fallbacks.
+    config = TrainingConfig()
+    assert config.lr is None and config.patch_shape is None and config.anisotropic is None
