@@ -48,6 +48,8 @@ def grab(viewer, app, name):
 
 def main():
     display = ensure_display()
+    # A fresh dock: the developer's remembered dock settings must not show in the screenshots.
+    os.environ["NAPARI_SPOCO_CONFIG_DIR"] = tempfile.mkdtemp(prefix="napari-spoco-config-")
     import napari
     from qtpy.QtWidgets import QApplication
 

@@ -22,3 +22,9 @@ def one_torch_thread():
 def private_autosave_folder(tmp_path, monkeypatch):
     """Keep the dock's automatic annotation stores out of the real user data folder."""
     monkeypatch.setenv("NAPARI_SPOCO_DATA_DIR", str(tmp_path / "napari-spoco-data"))
+
+
+@pytest.fixture(autouse=True)
+def private_dock_settings(tmp_path, monkeypatch):
+    """Keep the settings the dock remembers between sessions out of the real user config."""
+    monkeypatch.setenv("NAPARI_SPOCO_CONFIG_DIR", str(tmp_path / "napari-spoco-config"))

@@ -141,3 +141,18 @@ def test_dropping_a_checkpoint_opens_the_dock(make_napari_viewer, notes, tmp_pat
     assert len(docked) == 1
     assert docked[0].train.settings.source_path() == str(path)
     docked[0].shutdown()
+
+
+def test_painted_count_follows_undo_and_redo(spoco, qtbot):
+    viewer, widget = spoco
+    image, truth = small_image()
+    viewer.add_image(image, name="blobs")
+    labels = widget.data.create_labels()
+    count = widget.data.rows[0].count_label
+    for label in (1, 2):
+        labels.paint(tuple(int(c) for c in np.argwhere(truth == label)[0]), label)
+    qtbot.waitUntil(lambda: count.text() == "2 objects painted", timeout=3000)
+    labels.undo()
+    qtbot.waitUntil(lambda: count.text() == "1 object painted", timeout=3000)
+    labels.redo()
+    qtbot.waitUntil(lambda: count.text() == "2 objects painted", timeout=3000)

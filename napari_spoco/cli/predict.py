@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 HELP = "predict pixel embeddings (E, [Z,] Y, X) of an image with a trained checkpoint"
+CHECKPOINT_HELP = ("napari-spoco checkpoint file (.pt), or the name of a shipped model, e.g. "
+                   "ovules_2d ('napari-spoco models' lists them; a file of that name wins)")
 
 
 def shape_argument(text: str) -> tuple[int, ...]:
@@ -49,7 +51,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "predict", help=HELP, description=HELP + ". A .zarr output is written tile by tile, "
         "so memory stays bounded by the tile even for images larger than memory."
     )
-    parser.add_argument("--checkpoint", required=True, help="napari-spoco checkpoint (.pt)")
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT|NAME",
+                        help=CHECKPOINT_HELP)
     parser.add_argument("--image", required=True, help="image (.tif, .npy or .zarr)")
     parser.add_argument("--out", required=True, help="embeddings file (.npy, .tif or .zarr)")
     parser.add_argument("--momentum", action="store_true",
@@ -84,6 +87,18 @@ def resolve_channel_axis(args, image_shape: tuple[int, ...], loaded) -> int | No
         f"The image has {image_ndim} axes but the model is {ndim}D; if one axis holds "
         "channels, give it with --channel-axis."
     )
+
+
+def resolve_checkpoint_option(args) -> None:
+    """Replace a shipped model's name in ``--checkpoint`` by its file, before anything runs.
+
+    ``SpocoInputError`` (exit status 2) names the shipped models when ``--checkpoint`` is
+    neither an existing file nor one of their names.
+    """
+    from napari_spoco.models import resolve_checkpoint
+
+    if getattr(args, "checkpoint", None) is not None:
+        args.checkpoint = str(resolve_checkpoint(args.checkpoint))
 
 
 def check_outputs(outputs, inputs, overwrite: bool) -> None:
@@ -197,6 +212,7 @@ def predict_to(args, loaded, image, out_path, momentum: bool = False):
 
 def run(args) -> int:
     """Run ``napari-spoco predict``."""
+    resolve_checkpoint_option(args)
     check_outputs([("--out", args.out), ("--pca", args.pca), ("--foreground", args.foreground)],
                   [("--checkpoint", args.checkpoint), ("--image", args.image)], args.overwrite)
     # torch comes with these: imported only once the outputs are known to be writable

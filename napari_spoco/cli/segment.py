@@ -7,7 +7,15 @@ import sys
 
 import numpy as np
 
-from .predict import add_tiling_arguments, check_outputs, predict_to, progress_bar, read_image
+from .predict import (
+    CHECKPOINT_HELP,
+    add_tiling_arguments,
+    check_outputs,
+    predict_to,
+    progress_bar,
+    read_image,
+    resolve_checkpoint_option,
+)
 
 HELP = "segment an image into instances: predict embeddings, then cluster them"
 
@@ -33,7 +41,7 @@ def add_parser(subparsers):
         description=HELP + ". Give --checkpoint and --image, or precomputed --embeddings "
         "(from 'napari-spoco predict'). Labels are written as uint32, 0 = no object.",
     )
-    parser.add_argument("--checkpoint", help="napari-spoco checkpoint (.pt)")
+    parser.add_argument("--checkpoint", metavar="CKPT|NAME", help=CHECKPOINT_HELP)
     parser.add_argument("--image", help="image (.tif, .npy or .zarr)")
     parser.add_argument("--embeddings", metavar="EMB",
                         help="precomputed f embeddings (E, [Z,] Y, X) to cluster instead of "
@@ -174,6 +182,7 @@ def check_options(args) -> None:
     from napari_spoco.core.validation import check_clustering_params
 
     _check_sources(args)
+    resolve_checkpoint_option(args)
     check_clustering_params(args.method, delta_v=args.delta_v, delta_d=args.delta_d,
                             foreground_threshold=args.foreground_threshold,
                             **method_params(args))

@@ -16,11 +16,14 @@ examples:
   napari-spoco train --image a.tif --labels a_labels.tif --out model.pt
   napari-spoco train --image a.tif --labels a.tif --image b.tif --labels b.tif --out model.pt
   napari-spoco train --source nuclei.pt --image new.tif --labels few.tif --out tuned.pt
+  napari-spoco train --source ovules_2d --image new.tif --labels few.tif --out tuned.pt
   napari-spoco train --resume model.pt --image a.tif --labels a_labels.tif --iterations 20000
 
 Labels: 0 = unlabeled (sparse mode) or background (--mode dense); every other id is one object.
 Options left out that depend on the data (--iterations, --patch-shape, --batch-size, --lr) are
 decided from the smallest image, the device and the source model exactly as in napari's Train tab.
+--source takes a checkpoint file or the name of a shipped model ('napari-spoco models' lists
+them); a file of that name wins over the shipped model.
 Ctrl-C stops after saving the checkpoint; the file is also saved every --autosave-seconds.
 --out is never one of the inputs, and an existing --out is replaced only with --overwrite
 (resuming writes the checkpoint it resumed from without it).
@@ -51,9 +54,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                            "image (seeded by --seed) and set the others to 0")
 
     start = parser.add_argument_group("model").add_mutually_exclusive_group()
-    start.add_argument("--source", default=None, metavar="CKPT",
-                       help="fine-tune this checkpoint (default lr: the lr it was trained "
-                            "with / 10)")
+    start.add_argument("--source", default=None, metavar="CKPT|NAME",
+                       help="fine-tune this checkpoint file or shipped model (e.g. ovules_2d; "
+                            "see 'napari-spoco models'); default lr: the lr it was trained "
+                            "with / 10")
     start.add_argument("--resume", default=None, metavar="CKPT",
                        help="continue this training run at its saved iteration (its settings "
                             "are used; only --iterations and --device may change)")
@@ -174,6 +178,27 @@ def spatial_shapes(pairs, channel_axis) -> list[tuple[int, ...]] | None:
     return shapes
 
 
+def source_checkpoint(args) -> Path | None:
+    """The checkpoint file of ``--source`` (a path, or a shipped model's name), or None.
+
+    Resolving is idempotent: :func:`run` replaces ``args.source`` by the file once, when it
+    checks the options, and later calls get that same file.
+    """
+    from napari_spoco.models import resolve_checkpoint
+
+    return None if args.source is None else resolve_checkpoint(args.source)
+
+
+def resolve_source(args) -> None:
+    """Replace a shipped model's name in ``--source`` by its file (``SpocoInputError`` naming
+    the shipped models if it is neither a file nor a name); keep the name for messages."""
+    if args.source is None:
+        return
+    given = str(args.source)
+    args.source = str(source_checkpoint(args))
+    args.source_name = given
+
+
 def run_settings(args, shapes):
     """lr, iterations, patch, batch and anisotropy: the options given, else the defaults of
     ``core.run_defaults`` for these image shapes, the device and the ``--source`` model."""
@@ -183,7 +208,7 @@ def run_settings(args, shapes):
 
     source_lr = None
     if args.source is not None and args.lr is None:
-        source_lr = source_learning_rate(load_checkpoint(args.source))
+        source_lr = source_learning_rate(load_checkpoint(source_checkpoint(args)))
     return resolve_run_settings(
         shapes, resolve_device(args.device or "auto").type,
         fine_tuning=args.source is not None, source_lr=source_lr, lr=args.lr,
@@ -247,7 +272,8 @@ def make_trainer(args, pairs, out: Path):
     if args.resume is not None:
         return Trainer.from_checkpoint(args.resume, pairs, iterations=args.iterations,
                                        device=args.device, autosave_path=out)
-    return Trainer(pairs, build_config(args, pairs), source=args.source, autosave_path=out)
+    return Trainer(pairs, build_config(args, pairs), source=source_checkpoint(args),
+                   autosave_path=out)
 
 
 class ProgressLines:
@@ -292,6 +318,14 @@ class ProgressLines:
         self._last_time, self._last_iteration = now, report.iteration
 
 
+def source_text(args) -> str:
+    """``--source`` for messages: the file, with the shipped model's name if one was given."""
+    name = getattr(args, "source_name", None)
+    if name is None or name == args.source:
+        return str(args.source)
+    return f"{name} ({args.source})"
+
+
 def progress_lines_wanted(args, stream=None) -> bool:
     """Whether to print progress lines: progress on, and ``stream`` (stderr) not a terminal."""
     stream = stream or sys.stderr
@@ -309,6 +343,7 @@ def run(args) -> int:
         raise SpocoInputError(
             f"--progress-seconds must be a number of seconds >= 0, got {args.progress_seconds}."
         )
+    resolve_source(args)  # before check_out: a shipped model is an input too
     out = check_out(args)
     if args.resume is not None:
         check_resume_options(args)
@@ -321,7 +356,7 @@ def run(args) -> int:
         f"patch {list(config.patch_shape)} x {config.batch_size}, lr {trainer.lr:g}, "
         f"{config.iterations} steps, device {trainer.device}"
         + (", anisotropic" if config.ndim == 3 and config.anisotropic else "")
-        + (f", from {args.source}" if args.source else ""),
+        + (f", from {source_text(args)}" if args.source else ""),
         file=sys.stderr,
     )
     from napari_spoco.core.segmentation import settings_for

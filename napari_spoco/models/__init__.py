@@ -11,6 +11,10 @@ code::
     [info.name for info in available_models()]     # ['ovules_2d', 'ovules_3d']
     loaded = load_model(model_path("ovules_3d"), device="cpu")
 
+Where a user may name a checkpoint (``napari-spoco train --source``, ``segment --checkpoint``,
+``predict --checkpoint``), :func:`resolve_checkpoint` accepts a file path or a shipped model's
+name; ``napari-spoco models`` lists the names.
+
 How each model was trained and how well it does is in ``docs/models.md``.
 """
 
@@ -25,7 +29,7 @@ from napari_spoco.core.errors import SpocoInputError
 MODELS_DIR = Path(__file__).resolve().parent
 MANIFEST = MODELS_DIR / "models.json"
 
-__all__ = ["ModelInfo", "available_models", "model_info", "model_path"]
+__all__ = ["ModelInfo", "available_models", "model_info", "model_path", "resolve_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -110,3 +114,48 @@ def model_info(name: str) -> ModelInfo:
 def model_path(name: str) -> Path:
     """Path of the checkpoint of the shipped model ``name`` (see :func:`available_models`)."""
     return model_info(name).path
+
+
+def resolve_checkpoint(value) -> Path:
+    """The checkpoint file meant by ``value``: a file path, or the name of a shipped model.
+
+    An existing file is returned as given (``~`` expanded), even if a shipped model has the
+    same name: a file called ``ovules_2d`` in the working folder wins over the shipped
+    ``ovules_2d``. Otherwise the name of a shipped model (see :func:`available_models`) gives
+    its installed file.
+
+    Parameters
+    ----------
+    value : str or os.PathLike
+        What the user wrote: a path such as ``model.pt``, or a name such as ``ovules_2d``.
+
+    Returns
+    -------
+    pathlib.Path
+        The checkpoint file to load.
+
+    Raises
+    ------
+    SpocoInputError
+        If ``value`` is neither an existing file nor a shipped model's name; the message names
+        the installed models and says that a file path works too.
+
+    Examples
+    --------
+    >>> resolve_checkpoint("ovules_2d").name
+    'ovules_2d.pt'
+    """
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path
+    text = str(value)
+    for info in available_models():
+        if info.name == text:
+            return info.path
+    names = ", ".join(info.name for info in available_models()) or "none installed"
+    what = "is a folder, not a checkpoint file," if path.is_dir() else "does not exist"
+    raise SpocoInputError(
+        f"Checkpoint {text!r} {what} and is not the name of a shipped model (available: "
+        f"{names}; 'napari-spoco models' describes them). Give a shipped model's name or the "
+        "path of a checkpoint file (.pt)."
+    )

@@ -67,6 +67,24 @@ class ClusteringForm(QWidget):
         for (key, _), spin in self._fields.items():
             self._layout.setRowVisible(spin, key == self.method)
 
+    def remember(self, remembered, prefix: str = "segment") -> None:
+        """Restore the method and options of earlier sessions; remember the user's changes.
+
+        Parameters
+        ----------
+        remembered : RememberedSettings
+            See :mod:`.remembered_settings`.
+        prefix : str
+            Key prefix: ``<prefix>.method``, ``<prefix>.merge``, ``<prefix>.fill``,
+            ``<prefix>.foreground`` and ``<prefix>.param.<method>.<option>``.
+        """
+        remembered.bind_combo_data(f"{prefix}.method", self.method_combo)
+        for (key, name), spin in self._fields.items():
+            remembered.bind_spin(f"{prefix}.param.{key}.{name}", spin)
+        remembered.bind_check(f"{prefix}.merge", self.merge_check)
+        remembered.bind_check(f"{prefix}.fill", self.fill_check)
+        remembered.bind_check(f"{prefix}.foreground", self.foreground_check)
+
     def method_and_params(self) -> tuple[str, dict]:
         """The chosen method and its parameter values."""
         method = self.method

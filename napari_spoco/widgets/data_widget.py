@@ -44,6 +44,15 @@ def is_output(layer) -> bool:
     return bool(layer.metadata.get(OUTPUT_FLAG, False))
 
 
+
+def edit_history_position(layer) -> tuple[int, int]:
+    """Lengths of a Labels layer's undo and redo queues: they change on undo and redo.
+
+    napari has no public undo/redo event (``Labels._load_history`` writes the array and calls
+    ``refresh``), so the private queues are read, with (0, 0) if a napari version lacks them.
+    """
+    return (len(getattr(layer, "_undo_history", ())), len(getattr(layer, "_redo_history", ())))
+
 class PairRow(QWidget):
     """One training pair: an image layer, its annotation layer, and its object count."""
 
@@ -131,6 +140,7 @@ class DataWidget(QWidget):
         layout.addWidget(self.summary)
         layout.addStretch()
 
+        self._history_seen: dict[int, tuple[int, int]] = {}
         self._count_timer = QTimer(self)
         self._count_timer.setSingleShot(True)
         self._count_timer.setInterval(300)
@@ -290,8 +300,17 @@ class DataWidget(QWidget):
         layer.bind_key(BACKGROUND_KEY, lambda lyr: self.paint_background(lyr), overwrite=True)
         layer.events.paint.connect(lambda e: self._count_timer.start())
         layer.events.data.connect(lambda e: self._count_timer.start())
+        # Undo and redo write the array and only refresh the layer (``set_data``, which slicing
+        # also emits): recount when the edit history moved.
+        layer.events.set_data.connect(lambda e, lyr=layer: self._on_set_data(lyr))
         self._bound_layers.add(layer)
         self._detect_background(layer)
+
+    def _on_set_data(self, layer) -> None:
+        history = edit_history_position(layer)
+        if history != self._history_seen.get(id(layer)):
+            self._history_seen[id(layer)] = history
+            self._count_timer.start()
 
     def _detect_background(self, layer) -> None:
         """Turn the background brush on when a layer already holds its id (e.g. a sample)."""

@@ -28,6 +28,7 @@ from .clustering_form import ClusteringForm
 from .data_widget import OUTPUT_FLAG, is_output
 from .layers import channel_mode_for, image_view, show_image, show_labels
 from .preview_layers import keep_below
+from .remembered_settings import RememberedSettings
 from .train_settings import shipped_models
 from .notifications import notify_error, notify_info, notify_warning
 from .workers import Progress, predict_and_segment, recluster, start_function_worker
@@ -39,10 +40,16 @@ ACCEPT_KEY = "Shift-A"
 
 
 class SegmentWidget(QWidget):
-    """Predict embeddings with the current model or a checkpoint, cluster, accept objects."""
+    """Predict embeddings with the current model or a checkpoint, cluster, accept objects.
 
-    def __init__(self, viewer, data_widget, train_widget, parent=None):
+    The model, device and clustering choices of earlier sessions are restored from
+    ``remembered`` (default: the per-user settings file, see :mod:`.remembered_settings`).
+    """
+
+    def __init__(self, viewer, data_widget, train_widget, parent=None,
+                 remembered: RememberedSettings | None = None):
         super().__init__(parent)
+        self.remembered = RememberedSettings() if remembered is None else remembered
         self.viewer = viewer
         self.data = data_widget
         self.train = train_widget
@@ -112,6 +119,10 @@ class SegmentWidget(QWidget):
         self.accept_button.clicked.connect(lambda: self.accept())
         self.accept_cursor_button.clicked.connect(lambda: self.accept_under_cursor())
         self.model_combo.currentIndexChanged.connect(self._on_model_chosen)
+        self.remembered.bind_model_combo("segment.model", self.model_combo, self.add_model,
+                                         skip=(CHOOSE_FILE,))
+        self.remembered.bind_combo_text("segment.device", self.device_combo)
+        self.clustering.remember(self.remembered, "segment")
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._refresh_choices)
         viewer.bind_key(ACCEPT_KEY, lambda v: self.accept_under_cursor(), overwrite=True)
@@ -153,6 +164,7 @@ class SegmentWidget(QWidget):
                                               "napari-spoco checkpoint (*.pt *.pth)")
         if path:
             self.add_model(path)
+            self.remembered.remember_model("segment.model", self.model_combo, (CHOOSE_FILE,))
         else:
             self.model_combo.setCurrentIndex(0)
 

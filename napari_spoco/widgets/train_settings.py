@@ -35,6 +35,8 @@ from napari_spoco.core.run_defaults import (
 )
 from napari_spoco.core.training import LossSettings, TrainingConfig
 
+from .remembered_settings import RememberedSettings, on_user_change, spin_accepts
+
 FROM_SCRATCH = "from scratch"
 CHOOSE_FILE = "choose a file…"
 #: Before any image is chosen, the form shows the defaults for a 2D image this large.
@@ -66,6 +68,14 @@ def parse_ints(text: str, what: str, count: int | None = None) -> tuple[int, ...
     return values
 
 
+def _axes(text: str) -> int | None:
+    """How many axes the patch ``text`` has, or None if it is not a patch."""
+    try:
+        return len(parse_ints(text, "The patch size"))
+    except SpocoInputError:
+        return None
+
+
 def _spin(low, high, value, decimals=None, step=None, tip=""):
     spin = QDoubleSpinBox() if decimals is not None else QSpinBox()
     if decimals is not None:
@@ -78,13 +88,34 @@ def _spin(low, high, value, decimals=None, step=None, tip=""):
     return spin
 
 
+def _patch_list(text: str) -> list[int]:
+    return list(parse_ints(text, "The patch size"))
+
+
+def _features_list(text: str) -> list[int]:
+    return list(parse_ints(text, "The network features"))
+
+
+def _joined(values) -> str:
+    return ", ".join(str(v) for v in values)
+
+
 class TrainSettings(QWidget):
-    """All inputs of a training run; :meth:`config` validates and collects them."""
+    """All inputs of a training run; :meth:`config` validates and collects them.
+
+    Parameters
+    ----------
+    parent : QWidget, optional
+    remembered : RememberedSettings, optional
+        Where the choices of earlier sessions come from and the user's changes go (see
+        :mod:`.remembered_settings`); default the per-user settings file.
+    """
 
     source_changed = Signal()
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, remembered: RememberedSettings | None = None):
         super().__init__(parent)
+        self.remembered = RememberedSettings() if remembered is None else remembered
         self.source_combo = QComboBox()
         self.source_combo.setToolTip(
             "Fine-tune a trained model (few annotated objects suffice) or train from scratch")
@@ -108,9 +139,12 @@ class TrainSettings(QWidget):
         self.batch_spin = _spin(1, 1024, 4, tip="Patches per optimizer step")
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", *available_devices()])
+        # the device first: the defaults of iterations, patch and batch depend on it
+        self.remembered.bind_combo_text("train.device", self.device_combo)
         self._shape = None
         self._suggested = {}  # the values suggest_patch last wrote (the user has not edited)
         self._apply_defaults(PLACEHOLDER_SHAPE, force=True)
+        self._restore_edited_run_fields()
         self.save_edit = QLineEdit(str(Path.home() / "napari-spoco" / "model.pt"))
         self.save_edit.setToolTip("Checkpoint written (atomically) when training stops or ends, "
                                   "and every minute while it runs")
@@ -178,6 +212,63 @@ class TrainSettings(QWidget):
         layout.addWidget(self.advanced)
         self.source_combo.currentIndexChanged.connect(self._on_source_chosen)
         self.device_combo.currentTextChanged.connect(lambda _: self.suggest_patch())
+        self._remember_choices()
+
+    # -- remembered between sessions ----------------------------------------------------------
+
+    def _remember_choices(self) -> None:
+        """Restore the choices of earlier sessions; remember the user's changes from now on.
+
+        The source model goes first: choosing it sets the learning rate and enables the
+        network fields, as when the user picks it.
+        """
+        remembered = self.remembered
+        remembered.bind_model_combo("train.source", self.source_combo, self.add_model,
+                                    skip=(CHOOSE_FILE,))
+        remembered.bind_line_edit("train.save_to", self.save_edit, str.strip)
+        remembered.bind_check("train.preview", self.preview_check)
+        remembered.bind_spin("train.preview_seconds", self.preview_spin)
+        remembered.bind_line_edit("train.features", self.features_edit, _features_list,
+                                  _joined)
+        remembered.bind_spin("train.embedding_dims", self.embedding_spin)
+        on_user_change(self.iterations_spin, lambda: self._remember_run_field("iterations"))
+        self.patch_edit.textEdited.connect(lambda _: self._remember_run_field("patch"))
+        on_user_change(self.batch_spin, lambda: self._remember_run_field("batch"))
+
+    def _run_fields(self) -> dict:
+        """``name -> (key, read the field, show a stored value, parse the field for storing)``
+        of the fields that follow the image unless the user edited them."""
+        return {
+            "iterations": ("train.iterations", self.iterations_spin.value,
+                           self.iterations_spin.setValue, int),
+            "patch": ("train.patch", self.patch_edit.text,
+                      lambda v: self.patch_edit.setText(_joined(v)), _patch_list),
+            "batch": ("train.batch", self.batch_spin.value, self.batch_spin.setValue, int),
+        }
+
+    def _remember_run_field(self, name: str) -> None:
+        """Remember a value the user gave iterations, patch or batch; forget it when it is
+        the default for the image again (then the field follows the image next time too)."""
+        key, get, _, parse = self._run_fields()[name]
+        try:
+            value = parse(get())
+        except ValueError:  # a patch being typed: the last complete one stays remembered
+            return
+        suggested = self._suggested.get(name)
+        if suggested is not None and value == parse(suggested):
+            self.remembered.forget(key)
+        else:
+            self.remembered.set(key, value)
+
+    def _restore_edited_run_fields(self) -> None:
+        """Show the iterations, patch and batch the user set in an earlier session; they
+        then count as edited and no longer follow the image (a patch of the other
+        dimensionality does, see :meth:`_apply_defaults`)."""
+        spins = {"iterations": self.iterations_spin, "batch": self.batch_spin}
+        for name, (key, _, show, _) in self._run_fields().items():
+            value = self.remembered.get(key)
+            if value is not None and (name not in spins or spin_accepts(spins[name], value)):
+                show(value)
 
     # -- source model --------------------------------------------------------------------
 
@@ -202,6 +293,7 @@ class TrainSettings(QWidget):
                                                   "napari-spoco checkpoint (*.pt *.pth)")
             if path:
                 self.add_model(path)
+                self.remembered.remember_model("train.source", self.source_combo, (CHOOSE_FILE,))
             else:
                 self.source_combo.setCurrentIndex(0)
             return
@@ -233,6 +325,7 @@ class TrainSettings(QWidget):
                                               "napari-spoco checkpoint (*.pt)")
         if path:
             self.save_edit.setText(path if path.endswith(".pt") else path + ".pt")
+            self.remembered.set("train.save_to", self.save_edit.text())
 
     # -- defaults from data and device ---------------------------------------------------------
 
@@ -261,7 +354,10 @@ class TrainSettings(QWidget):
             "batch": (self.batch_spin.value, self.batch_spin.setValue, run.batch_size),
         }
         for name, (get, set_, value) in fields.items():
-            if force or get() == self._suggested.get(name):
+            edited = get() != self._suggested.get(name)
+            if name == "patch" and _axes(get()) != len(run.patch_shape):
+                edited = False  # a patch of the other dimensionality cannot be kept
+            if force or not edited:
                 set_(value)
             self._suggested[name] = value
 
