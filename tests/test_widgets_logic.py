@@ -176,6 +176,56 @@ def test_safe_store_name():
     assert _logic.safe_store_name("***") == "labels"
 
 
+def test_result_layers_are_one_set_per_image_and_never_a_users_layer():
+    assert _logic.result_layer_names("blobs") == {"pca": "blobs embeddings (PCA)",
+                                                   "instances": "blobs instances"}
+    # an output layer of that name is reused (updated in place) ...
+    taken = [("blobs", False), ("blobs instances", True), ("blobs embeddings (PCA)", True)]
+    assert _logic.result_layer_names("blobs", taken)["instances"] == "blobs instances"
+    # ... a layer of the user's is not: the result goes next to it
+    taken = [("blobs", False), ("blobs instances", False)]
+    names = _logic.result_layer_names("blobs", taken)
+    assert names == {"pca": "blobs embeddings (PCA)", "instances": "blobs instances (spoco)"}
+    assert _logic.output_layer_name("instances", [("instances", False),
+                                                  ("instances (spoco)", False)]) \
+        == "instances (spoco) (spoco)"
+    assert _logic.output_layer_name("instances", [("instances", True)]) == "instances"
+
+
+def test_preview_layers_keep_a_users_layer_of_the_same_name():
+    from types import SimpleNamespace
+
+    from napari_spoco.widgets.data_widget import OUTPUT_FLAG
+    from napari_spoco.widgets.preview_layers import preview_layer_names
+
+    def layer(name, output):
+        return SimpleNamespace(name=name, metadata={OUTPUT_FLAG: True} if output else {})
+
+    viewer = SimpleNamespace(layers=[layer("instances", False), layer("embeddings (PCA)", True)])
+    assert preview_layer_names(viewer) == ("embeddings (PCA)", "instances (spoco)")
+    assert preview_layer_names(SimpleNamespace(layers=[])) == ("embeddings (PCA)", "instances")
+
+
+def test_accept_is_enabled_only_once_something_is_segmented():
+    assert not _logic.segment_buttons(busy=False, cached=False, segmented=False)["accept"]
+    assert _logic.segment_buttons(busy=False, cached=True, segmented=True)["accept"]
+    running = _logic.segment_buttons(busy=True, cached=False, segmented=False)
+    assert running == {"predict": False, "cancel": True, "recluster": False, "accept": False}
+    done = _logic.segment_buttons(busy=False, cached=True, segmented=True)
+    assert done == {"predict": True, "cancel": False, "recluster": True, "accept": True}
+
+
+def test_instances_are_drawn_as_outlines():
+    assert _logic.INSTANCES_CONTOUR > 0
+
+
+def test_status_line_shows_the_whole_error():
+    from napari_spoco.widgets.notifications import status_error_text
+
+    long = "x" * 500
+    assert status_error_text(long) == f"Error: {long}"
+
+
 def test_clustering_form_fills_dropped_small_pieces_by_default(qtbot):
     # Mutex watershed leaves 1-4 pixel pieces on blurred boundaries; min_size alone turns them
     # into holes, so the form asks for them to be filled from their neighbours.

@@ -229,3 +229,58 @@ def safe_store_name(name: str, taken: Sequence[str] = ()) -> str:
         n += 1
         candidate = f"{cleaned}_{n}"
     return candidate
+
+
+#: How a segmentation's instances are drawn over the image: outlines one pixel wide, so the
+#: image stays visible inside every object (a filled layer hides it).
+INSTANCES_CONTOUR = 1
+INSTANCES_CONTOUR_OPACITY = 0.9
+
+
+def result_layer_names(image_name: str, taken: Sequence[tuple[str, bool]] = ()) -> dict:
+    """Names of the Segment tab's result layers of ``image_name``: one set per image.
+
+    Parameters
+    ----------
+    image_name : str
+        The segmented image layer's name.
+    taken : sequence of (name, is_output)
+        The viewer's layers, see :func:`output_layer_name`.
+
+    Returns
+    -------
+    dict
+        ``{"pca": ..., "instances": ...}``.
+    """
+    return {key: output_layer_name(f"{image_name} {suffix}", taken)
+            for key, suffix in (("pca", "embeddings (PCA)"), ("instances", "instances"))}
+
+
+def output_layer_name(wanted: str, taken: Sequence[tuple[str, bool]] = ()) -> str:
+    """The name an output layer gets: ``wanted``, unless a layer of the user's has it.
+
+    ``taken`` lists the viewer's layers as ``(name, is_output)``. An output layer called
+    ``wanted`` is reused (updated in place); a user's layer is never overwritten, the output
+    gets a ``" (spoco)"`` suffix instead.
+    """
+    users = {name for name, is_output in taken if not is_output}
+    name = wanted
+    while name in users:
+        name += " (spoco)"
+    return name
+
+
+def segment_buttons(busy: bool, cached: bool, segmented: bool) -> dict:
+    """Which Segment-tab buttons are enabled.
+
+    Parameters
+    ----------
+    busy : bool
+        A prediction or clustering is running.
+    cached : bool
+        Embeddings of a finished prediction are kept (re-clustering needs them).
+    segmented : bool
+        An instances layer to accept objects from is in the viewer.
+    """
+    return {"predict": not busy, "cancel": busy, "recluster": not busy and cached,
+            "accept": segmented}

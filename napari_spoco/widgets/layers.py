@@ -118,11 +118,19 @@ def show_image(viewer, name: str, data, *, rgb=False, scale=None, translate=None
     return layer
 
 
-def show_labels(viewer, name: str, data, *, scale=None, translate=None, **kwargs):
-    """Add a Labels layer called ``name``, or update the existing one in place."""
+def show_labels(viewer, name: str, data, *, scale=None, translate=None, contour=None,
+                **kwargs):
+    """Add a Labels layer called ``name``, or update the existing one in place.
+
+    ``contour`` (outline thickness; ``add_labels`` takes none) and ``kwargs`` style a new
+    layer only: an updated layer keeps what the user set.
+    """
     layer = _existing(viewer, name, Labels, data, False)
     if layer is None:
-        return viewer.add_labels(data, name=name, scale=scale, translate=translate, **kwargs)
+        layer = viewer.add_labels(data, name=name, scale=scale, translate=translate, **kwargs)
+        if contour is not None:
+            layer.contour = contour
+        return layer
     _place(layer, scale, translate)
     _set_data(layer, data)
     return layer

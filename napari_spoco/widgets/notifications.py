@@ -49,6 +49,23 @@ def notify_error(error: BaseException, what: str) -> str:
     return message
 
 
+def report_error(status, error: BaseException, what: str) -> str:
+    """:func:`notify_error`, and the same message in the dock's ``status`` label.
+
+    A toast is truncated and goes away; the status line keeps the whole message until the next
+    action replaces it.
+    """
+    message = notify_error(error, what)
+    if status is not None:
+        status.setText(status_error_text(message))
+    return message
+
+
+def status_error_text(message: str) -> str:
+    """The status line's text for an error message."""
+    return f"Error: {message}"
+
+
 def notify_warning(message: str) -> None:
     """A problem the user can fix right away (e.g. pressing Train twice)."""
     show_warning(message)

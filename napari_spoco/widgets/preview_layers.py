@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._logic import PREVIEW_MAX_PIXELS_2D, PREVIEW_MAX_PIXELS_3D, visible_region
-from .data_widget import OUTPUT_FLAG
+from ._logic import (
+    PREVIEW_MAX_PIXELS_2D,
+    PREVIEW_MAX_PIXELS_3D,
+    output_layer_name,
+    visible_region,
+)
+from .data_widget import OUTPUT_FLAG, is_output
 from .layers import show_image, show_labels
 from .preview import PreviewRequest, PreviewResult
 
@@ -61,10 +66,11 @@ def prepare_preview_layers(viewer, request: PreviewRequest, annotations) -> tupl
     """
     shape = tuple(s.stop - s.start for s in request.shown)
     with _selection_kept(viewer):
-        pca = show_image(viewer, PCA_LAYER, np.zeros((*shape, 3), np.uint8), rgb=True,
+        pca_name, instances_name = preview_layer_names(viewer)
+        pca = show_image(viewer, pca_name, np.zeros((*shape, 3), np.uint8), rgb=True,
                          scale=request.scale, translate=request.layer_translate,
                          metadata={OUTPUT_FLAG: True}, opacity=0.0, contrast_limits=(0, 255))
-        labels = show_labels(viewer, INSTANCES_LAYER, np.zeros(shape, np.uint32),
+        labels = show_labels(viewer, instances_name, np.zeros(shape, np.uint32),
                              scale=request.scale, translate=request.layer_translate,
                              metadata={OUTPUT_FLAG: True}, opacity=INSTANCES_OPACITY)
         keep_below(viewer, [pca, labels], annotations)
@@ -77,16 +83,23 @@ def show_preview_layers(viewer, result: PreviewResult, annotations, reveal=False
     rgb = (np.clip(result.pca, 0.0, 1.0) * 255).round().astype(np.uint8)
     instances = np.asarray(result.instances, dtype=np.uint32)
     with _selection_kept(viewer):
-        pca = show_image(viewer, PCA_LAYER, rgb, rgb=True, scale=request.scale,
+        pca_name, instances_name = preview_layer_names(viewer)
+        pca = show_image(viewer, pca_name, rgb, rgb=True, scale=request.scale,
                          translate=request.layer_translate, metadata={OUTPUT_FLAG: True},
                          opacity=PCA_OPACITY)
-        labels = show_labels(viewer, INSTANCES_LAYER, instances, scale=request.scale,
+        labels = show_labels(viewer, instances_name, instances, scale=request.scale,
                              translate=request.layer_translate, metadata={OUTPUT_FLAG: True},
                              opacity=INSTANCES_OPACITY)
         keep_below(viewer, [pca, labels], annotations)
     if reveal:
         pca.opacity = PCA_OPACITY
     return pca, labels
+
+
+def preview_layer_names(viewer) -> tuple[str, str]:
+    """Names of the two preview layers: one set, updated in place; a user's layer is kept."""
+    taken = [(lyr.name, is_output(lyr)) for lyr in viewer.layers]
+    return output_layer_name(PCA_LAYER, taken), output_layer_name(INSTANCES_LAYER, taken)
 
 
 def keep_below(viewer, layers, annotations) -> None:

@@ -23,14 +23,22 @@ from qtpy.QtWidgets import (
 from napari_spoco.core.devices import available_devices
 from napari_spoco.core.errors import SpocoInputError
 
-from ._logic import accept_indices, next_free_label, object_at
+from ._logic import (
+    INSTANCES_CONTOUR,
+    INSTANCES_CONTOUR_OPACITY,
+    accept_indices,
+    next_free_label,
+    object_at,
+    result_layer_names,
+    segment_buttons,
+)
 from .clustering_form import ClusteringForm
 from .data_widget import OUTPUT_FLAG, is_output
 from .layers import channel_mode_for, image_view, show_image, show_labels
 from .preview_layers import keep_below
 from .remembered_settings import RememberedSettings
 from .train_settings import shipped_models
-from .notifications import notify_error, notify_info, notify_warning
+from .notifications import notify_info, notify_warning, report_error
 from .workers import Progress, predict_and_segment, recluster, start_function_worker
 
 CURRENT_MODEL = "current model (from training)"
@@ -146,6 +154,7 @@ class SegmentWidget(QWidget):
             combo.blockSignals(False)
         if self.instances_layer is not None and self.instances_layer not in self.viewer.layers:
             self.instances_layer = None
+            self._update_buttons()
 
     def add_model(self, path, select: bool = True) -> None:
         """Offer the checkpoint ``path`` as the model (and select it)."""
@@ -169,10 +178,13 @@ class SegmentWidget(QWidget):
             self.model_combo.setCurrentIndex(0)
 
     def _update_buttons(self):
-        busy = self.worker is not None
-        self.predict_button.setEnabled(not busy)
-        self.cancel_button.setEnabled(busy)
-        self.recluster_button.setEnabled(not busy and self.cache is not None)
+        segmented = self.instances_layer is not None and self.instances_layer in self.viewer.layers
+        enabled = segment_buttons(self.worker is not None, self.cache is not None, segmented)
+        self.predict_button.setEnabled(enabled["predict"])
+        self.cancel_button.setEnabled(enabled["cancel"])
+        self.recluster_button.setEnabled(enabled["recluster"])
+        self.accept_button.setEnabled(enabled["accept"])
+        self.accept_cursor_button.setEnabled(enabled["accept"])
 
     # -- predicting ---------------------------------------------------------------------------
 
@@ -217,7 +229,7 @@ class SegmentWidget(QWidget):
             load, model_key = self._model_loader()
             method, params = self.clustering.method_and_params()
         except SpocoInputError as err:
-            notify_error(err, "starting the prediction")
+            report_error(self.status, err, "starting the prediction")
             return None
         self._progress = Progress()
         self._cancel = threading.Event()
@@ -258,13 +270,13 @@ class SegmentWidget(QWidget):
             notify_warning("Wait for the running prediction or clustering to finish.")
             return None
         if self.cache is None:
-            notify_error(SpocoInputError("Nothing to re-cluster yet: press 'Predict and segment' "
-                                         "first."), "re-clustering")
+            report_error(self.status, SpocoInputError("Nothing to re-cluster yet: press 'Predict "
+                                                      "and segment' first."), "re-clustering")
             return None
         try:
             method, params = self.clustering.method_and_params()
         except SpocoInputError as err:
-            notify_error(err, "re-clustering")
+            report_error(self.status, err, "re-clustering")
             return None
         cache = self.cache
         self.status.setText(f"clustering with {method}…")
@@ -284,20 +296,26 @@ class SegmentWidget(QWidget):
     def _show_result(self, view, instances, pca):
         meta = {OUTPUT_FLAG: True}
         selection = self.viewer.layers.selection.active
-        name = view.layer.name
+        # One set of result layers per image, updated in place (the user's styling stays).
+        names = result_layer_names(view.layer.name,
+                                   [(lyr.name, is_output(lyr)) for lyr in self.viewer.layers])
         shown = []
         if pca is not None:
             rgb = (np.clip(pca, 0.0, 1.0) * 255).round().astype(np.uint8)
-            shown.append(show_image(self.viewer, f"{name} embeddings (PCA)", rgb, rgb=True,
+            # Created hidden: an opaque PCA over the image hides it; one click shows it.
+            shown.append(show_image(self.viewer, names["pca"], rgb, rgb=True,
                                     scale=view.scale, translate=view.translate, metadata=meta,
-                                    contrast_limits=(0, 255), opacity=0.8))
-        self.instances_layer = show_labels(self.viewer, f"{name} instances", instances,
+                                    contrast_limits=(0, 255), opacity=0.8, visible=False))
+        # Outlines, so the image stays visible inside each object.
+        self.instances_layer = show_labels(self.viewer, names["instances"], instances,
                                            scale=view.scale, translate=view.translate,
-                                           metadata=meta, opacity=0.5)
+                                           metadata=meta, contour=INSTANCES_CONTOUR,
+                                           opacity=INSTANCES_CONTOUR_OPACITY)
         shown.append(self.instances_layer)
         keep_below(self.viewer, shown, [self._annotation_layer(), *self.data.labels_layers()])
         if selection is not None and selection in self.viewer.layers:
             self.viewer.layers.selection.active = selection
+        self._update_buttons()
 
     def _on_error(self, error):
         from napari_spoco.core.prediction import PredictionCancelled
@@ -306,8 +324,7 @@ class SegmentWidget(QWidget):
             self.status.setText("prediction cancelled")
             notify_info("Prediction cancelled.")
             return
-        self.status.setText("failed; see the notification")
-        notify_error(error, "segmenting")
+        report_error(self.status, error, "segmenting")
 
     def _on_finish(self):
         self.worker = None
@@ -353,7 +370,7 @@ class SegmentWidget(QWidget):
                                       "hover over an object and press Shift+A.")
             indices = accept_indices(predicted, annotations.data, object_id)
         except SpocoInputError as err:
-            notify_error(err, "accepting an object")
+            report_error(self.status, err, "accepting an object")
             return None
         if indices[0].size == 0:
             notify_warning(f"Predicted object {object_id} has no unpainted pixel left to accept.")
@@ -362,6 +379,9 @@ class SegmentWidget(QWidget):
         new_id = next_free_label([lyr.data for lyr in [*layers, annotations]],
                                  self.data.background_id)
         annotations.data_setitem(indices, new_id)  # one undo step in napari's Labels history
+        # Show what was accepted: the annotations visible, above the predicted outlines.
+        annotations.visible = True
+        keep_below(self.viewer, [self.instances_layer], [annotations])
         self.status.setText(f"accepted object {object_id} as annotation {new_id} "
                             f"({indices[0].size} pixels); Ctrl+Z on the layer undoes it")
         return new_id
@@ -369,8 +389,9 @@ class SegmentWidget(QWidget):
     def accept_under_cursor(self) -> int | None:
         """Accept the predicted object under the mouse cursor."""
         if self.instances_layer is None:
-            notify_error(SpocoInputError("No segmentation to accept from: press 'Predict and "
-                                         "segment' first."), "accepting an object")
+            report_error(self.status, SpocoInputError("No segmentation to accept from: press "
+                                                      "'Predict and segment' first."),
+                         "accepting an object")
             return None
         position = self.instances_layer.world_to_data(self.viewer.cursor.position)
         object_id = object_at(self.instances_layer.data, position)

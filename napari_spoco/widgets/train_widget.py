@@ -14,7 +14,7 @@ from napari_spoco.core.run_defaults import smallest_shape
 
 from ._logic import progress_text
 from .loss_plot import LossPlot
-from .notifications import notify_error, notify_info, notify_warning
+from .notifications import notify_info, notify_warning, report_error
 from .preview import PreviewRequest, PreviewResult, PreviewSchedule
 from .preview_layers import preview_request, prepare_preview_layers, show_preview_layers
 from .train_settings import TrainSettings
@@ -146,7 +146,7 @@ class TrainWidget(QWidget):
             source = self.settings.source_path()
             save_path = self.settings.save_path()
         except SpocoInputError as err:
-            notify_error(err, "starting training")
+            report_error(self.status, err, "starting training")
             return None
         from napari_spoco.core.segmentation import training_notes
         from napari_spoco.core.training import Trainer
@@ -240,7 +240,7 @@ class TrainWidget(QWidget):
         return start_function_worker(
             push, on_return=lambda n: notify_info(f"Training now uses the annotations of {n} "
                                                   "image(s)."),
-            on_error=lambda err: notify_error(err, "pushing annotations"),
+            on_error=lambda err: report_error(self.status, err, "pushing annotations"),
         )
 
     def shutdown(self, timeout_s: float = 60.0) -> bool:
@@ -272,7 +272,8 @@ class TrainWidget(QWidget):
             self.show_preview(item)
         elif isinstance(item, PreviewFailed):
             self.settings.preview_check.setChecked(False)
-            notify_error(item.error, "computing the live preview (previews are now off)")
+            report_error(self.status, item.error,
+                         "computing the live preview (previews are now off)")
         else:
             self._show_report(item)
 
@@ -297,8 +298,7 @@ class TrainWidget(QWidget):
 
     def _on_error(self, error):
         self.progress.setFormat("failed")
-        self.status.setText("training failed; see the notification")
-        notify_error(error, "training")
+        report_error(self.status, error, "training")
 
     def _on_finish(self):
         gc.unfreeze()
@@ -325,7 +325,7 @@ class TrainWidget(QWidget):
         try:
             self.schedule.post(self.preview_request())
         except Exception as err:  # never let a camera event raise into napari
-            notify_error(err, "following the view for the live preview")
+            report_error(self.status, err, "following the view for the live preview")
 
     def _prepare_preview_layers(self):
         # Adding a napari layer costs 0.1-0.6 s of main-thread time (more with software
