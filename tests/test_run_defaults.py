@@ -129,7 +129,9 @@ def test_the_demo_takes_its_defaults_from_the_same_rule():
     demo.add_parser(parser.add_subparsers())
     assert parser.parse_args(["demo"]).iterations is None
     config = demo.demo_config(2, None, "cpu", 0, (512, 512))  # nuclei_2d on a CPU
-    assert config.iterations == 300
+    assert config.iterations == rd.default_iterations((512, 512), "cpu",
+                                                      budget_seconds=rd.DEMO_BUDGET_SECONDS)
+    assert config.iterations < rd.default_iterations((512, 512), "cpu")
     assert (config.patch_shape, config.batch_size) == ((128, 128), 4)
     assert demo.demo_config(3, None, "cuda", 0, (48, 192, 192)).iterations == 2000
     assert demo.demo_config(2, 12, "cpu", 0, (512, 512)).iterations == 12

@@ -35,7 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="output folder (default ./%(default)s)")
     parser.add_argument("--iterations", type=int, default=None,
                         help="training steps (default: the run-length rule of the Train tab "
-                             "with a shorter time budget: 300 in 2D on a CPU, about 2 min)")
+                             "with a shorter time budget: 600 in 2D on a CPU, about 2 min)")
     parser.add_argument("--fraction", type=float, default=0.1,
                         help="fraction of the ground-truth objects that come painted")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
