@@ -28,3 +28,42 @@ def private_autosave_folder(tmp_path, monkeypatch):
 def private_dock_settings(tmp_path, monkeypatch):
     """Keep the settings the dock remembers between sessions out of the real user config."""
     monkeypatch.setenv("NAPARI_SPOCO_CONFIG_DIR", str(tmp_path / "napari-spoco-config"))
+
+
+# -- GUI fixtures (tests/test_widgets*.py, test_autosave_kill.py); helpers: test_widgets_support --
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Every notification the widgets show, as ``(level, message)`` tuples."""
+    from napari_spoco.widgets import notifications
+
+    shown = []
+    for level in ("error", "warning", "info"):
+        monkeypatch.setattr(notifications, f"show_{level}",
+                            lambda message, level=level: shown.append((level, str(message))))
+    return shown
+
+
+@pytest.fixture
+def spoco(request, tmp_path):
+    """A viewer with the SPOCO dock; training settings made tiny; shut down after the test.
+
+    Skips without napari or pytest-qt (their fixtures are requested only once they import).
+    """
+    pytest.importorskip("napari")
+    pytest.importorskip("pytestqt")
+    from test_widgets_support import tiny
+
+    from napari_spoco.widgets import SpocoWidget
+
+    make_napari_viewer = request.getfixturevalue("make_napari_viewer")
+    qtbot = request.getfixturevalue("qtbot")
+    viewer = make_napari_viewer()
+    widget = SpocoWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="SPOCO")
+    tiny(widget, tmp_path / "model.pt")
+    yield viewer, widget
+    widget.shutdown()
+    widget.segment.worker is None or qtbot.waitUntil(lambda: widget.segment.worker is None,
+                                                     timeout=60_000)

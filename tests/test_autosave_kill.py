@@ -82,8 +82,6 @@ if __name__ == "__main__":
     sys.exit(0)
 
 
-from test_widgets_support import notes, spoco  # noqa: F401 (fixtures)
-
 pytestmark = pytest.mark.gui
 
 

@@ -3,13 +3,7 @@ dropping a checkpoint onto napari."""
 
 import numpy as np
 import pytest
-from test_widgets_support import (  # noqa: F401 (fixtures)
-    messages,
-    notes,
-    paint_objects,
-    small_image,
-    spoco,
-)
+from test_widgets_support import messages, paint_objects, small_image
 
 pytestmark = pytest.mark.gui
 

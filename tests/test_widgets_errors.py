@@ -3,12 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from test_widgets_support import (  # noqa: F401 (fixtures)
+from test_widgets_support import (
     messages,
-    notes,
     paint_objects,
     small_image,
-    spoco,
     tiny,
     wait_for_training,
     wait_until,

@@ -3,13 +3,7 @@
 import errno
 
 import pytest
-from test_widgets_support import (  # noqa: F401 (fixtures)
-    messages,
-    notes,
-    paint_objects,
-    small_image,
-    spoco,
-)
+from test_widgets_support import messages, paint_objects, small_image
 
 pytestmark = pytest.mark.gui
 

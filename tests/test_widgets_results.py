@@ -6,14 +6,7 @@ import numpy as np
 import pytest
 import torch
 from test_widgets_errors import write_2d_checkpoint
-from test_widgets_support import (  # noqa: F401 (fixtures)
-    messages,
-    notes,
-    paint_objects,
-    small_image,
-    spoco,
-    wait_until,
-)
+from test_widgets_support import messages, paint_objects, small_image, wait_until
 
 pytestmark = pytest.mark.gui
 

@@ -1,5 +1,6 @@
-"""Shared fixtures of the GUI tests (tests/test_widgets*.py): a viewer with the SPOCO dock,
-tiny training settings, and a recorder of the notifications the widgets show.
+"""Shared helpers of the GUI tests (tests/test_widgets*.py): tiny training settings, a small
+image with its ground truth, painting, and waiting. Their fixtures (``spoco``: a viewer with the
+SPOCO dock; ``notes``: the notifications the widgets show) are in conftest.py.
 
 The GUI tests need a display: pytest-xvfb starts Xvfb for the whole session when there is no
 DISPLAY, so plain ``python -m pytest`` runs them on a headless CI machine.
@@ -14,35 +15,8 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 
-@pytest.fixture
-def notes(monkeypatch):
-    """Every notification the widgets show, as ``(level, message)`` tuples."""
-    from napari_spoco.widgets import notifications
-
-    shown = []
-    for level in ("error", "warning", "info"):
-        monkeypatch.setattr(notifications, f"show_{level}",
-                            lambda message, level=level: shown.append((level, str(message))))
-    return shown
-
-
 def messages(notes, level):
     return [message for lvl, message in notes if lvl == level]
-
-
-@pytest.fixture
-def spoco(make_napari_viewer, qtbot, tmp_path):
-    """A viewer with the SPOCO dock; training settings made tiny; shut down after the test."""
-    from napari_spoco.widgets import SpocoWidget
-
-    viewer = make_napari_viewer()
-    widget = SpocoWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="SPOCO")
-    tiny(widget, tmp_path / "model.pt")
-    yield viewer, widget
-    widget.shutdown()
-    widget.segment.worker is None or qtbot.waitUntil(lambda: widget.segment.worker is None,
-                                                     timeout=60_000)
 
 
 def tiny(widget, save_path, iterations=4, preview=False):

@@ -114,6 +114,19 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     CheckpointError
         If the file cannot be written (full disk, read-only folder); a previous file at
         ``path`` is then left as it was.
+
+    Examples
+    --------
+    >>> from napari_spoco.core.unet import UNet
+    >>> model = UNet(features=(4, 8), num_groups=2)
+    >>> payload = {"architecture": model.config, "model_state": model.state_dict(), "iteration": 3}
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = save_checkpoint(os.path.join(tmp, "model.pt"), payload)
+    ...     content = load_checkpoint(path)
+    >>> path.name, content["iteration"], content["format"]
+    ('model.pt', 3, 'napari-spoco-checkpoint')
+    >>> sorted(content["versions"])
+    ['napari_spoco', 'numpy', 'torch']
     """
     path = Path(path)
     content = _to_plain(dict(payload))
@@ -460,6 +473,22 @@ def load_model(
     Returns
     -------
     LoadedModel
+
+    Examples
+    --------
+    Save a tiny trained run (``Trainer.save``) and load it for prediction:
+
+    >>> from napari_spoco.core.training import Trainer, TrainingConfig
+    >>> image = np.random.default_rng(0).random((32, 32), dtype=np.float32)
+    >>> labels = np.zeros((32, 32), np.uint32); labels[4:12, 4:12] = 1; labels[16:28, 16:28] = 2
+    >>> trainer = Trainer([(image, labels)], TrainingConfig(
+    ...     features=(4, 8), num_groups=2, iterations=0, device="cpu", autosave_seconds=None))
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     loaded = load_model(trainer.save(os.path.join(tmp, "model.pt")), device="cpu")
+    >>> type(loaded.model).__name__, loaded.iteration, loaded.architecture["features"]
+    ('UNet', 0, [4, 8])
+    >>> sorted(loaded.annotations)
+    ['background_known', 'median_object_size', 'n_objects']
     """
     from .devices import resolve_device
     from .normalization import Normalization

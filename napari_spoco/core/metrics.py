@@ -336,6 +336,17 @@ def evaluate(gt, seg) -> dict:
     dict
         ``sbd``, ``dic``, ``ap50`` (AP at IoU 0.5), ``map`` (mean AP over 0.5:0.05:0.95),
         ``adapted_rand_error``, ``voi_split``, ``voi_merge``, ``n_gt``, ``n_seg``.
+
+    Examples
+    --------
+    One segment over two ground-truth objects:
+
+    >>> gt = np.zeros((8, 8), np.uint32); gt[:4] = 1; gt[4:] = 2
+    >>> scores = evaluate(gt, np.ones((8, 8), np.uint32))
+    >>> scores["n_gt"], scores["n_seg"], scores["dic"], round(scores["sbd"], 3)
+    (2, 1, 1, 0.667)
+    >>> sorted(scores)
+    ['adapted_rand_error', 'ap50', 'dic', 'map', 'n_gt', 'n_seg', 'sbd', 'voi_merge', 'voi_split']
     """
     table = contingency(gt, seg)
     objects = table.objects()

@@ -207,6 +207,17 @@ def predict_embeddings(
         If the image does not fit the model (dimensionality, channels) or holds NaN/inf.
     PredictionCancelled
         If cancelled through ``cancel`` or ``progress``.
+
+    Examples
+    --------
+    An untrained tiny network, predicted in four overlapping 32² tiles:
+
+    >>> from napari_spoco.core.unet import UNet
+    >>> model = UNet(in_channels=1, out_channels=4, ndim=2, features=(4, 8), num_groups=2)
+    >>> image = np.random.default_rng(0).random((40, 48), dtype=np.float32)
+    >>> embeddings = predict_embeddings(model, image, device="cpu", tile_shape=32, overlap=8)
+    >>> embeddings.shape, embeddings.dtype
+    ((4, 40, 48), dtype('float32'))
     """
     shape = tuple(int(s) for s in image.shape)
     check_image_dtype(getattr(image, "dtype", np.float32))
@@ -304,6 +315,18 @@ def predict_with_foreground(model: torch.nn.Module, image, normalization=None, *
         ``(E, *spatial)``.
     foreground : numpy.ndarray or None
         float32 probability of the spatial shape; None for a network without the head.
+
+    Examples
+    --------
+    >>> from napari_spoco.core.unet import UNet
+    >>> model = UNet(in_channels=1, out_channels=4, ndim=2, features=(4, 8), num_groups=2,
+    ...              foreground=True)
+    >>> image = np.random.default_rng(0).random((32, 32), dtype=np.float32)
+    >>> embeddings, foreground = predict_with_foreground(model, image, device="cpu")
+    >>> embeddings.shape, foreground.shape, foreground.dtype
+    ((4, 32, 32), (32, 32), dtype('float32'))
+    >>> bool(((foreground >= 0) & (foreground <= 1)).all())
+    True
     """
     from .foreground import foreground_probability
 

@@ -249,6 +249,23 @@ def segment_output(embeddings, foreground, settings: SegmentationSettings, mask=
         A user's mask: only these pixels are clustered (combined with the foreground).
     **extra
         Passed to ``clustering.segment`` (e.g. ``embeddings_g`` for consistency).
+
+    Returns
+    -------
+    ndarray of uint32
+        Instance labels of the spatial shape (0 = no object).
+
+    Examples
+    --------
+    Two objects in embedding space; the head calls the last two columns background:
+
+    >>> embeddings = np.zeros((2, 16, 16), np.float32); embeddings[0, :, 8:] = 5.0
+    >>> foreground = np.ones((16, 16), np.float32); foreground[:, 14:] = 0.0
+    >>> settings = segmentation_settings({"loss": {"delta_v": 0.5, "delta_d": 2.0}},
+    ...                                  {"foreground": True}, {"background_known": True})
+    >>> labels = segment_output(embeddings, foreground, settings)
+    >>> np.unique(labels).tolist(), np.unique(labels[:, 14:]).tolist()
+    ([0, 1, 2], [0])
     """
     from .clustering import segment
 
@@ -262,6 +279,17 @@ def settings_for(model_source, *, method: str = "mws", ndim: int | None = None,
 
     The one call every front end makes: the CLI and the Segment tab with a ``LoadedModel``, the
     live preview, the demo and the benchmarks with the ``Trainer``.
+
+    Examples
+    --------
+    >>> from napari_spoco.core.training import Trainer, TrainingConfig
+    >>> image = np.random.default_rng(0).random((32, 32), dtype=np.float32)
+    >>> labels = np.zeros((32, 32), np.uint32); labels[4:12, 4:12] = 1; labels[16:28, 16:28] = 2
+    >>> config = TrainingConfig(features=(4, 8), num_groups=2, iterations=0, device="cpu",
+    ...                         autosave_seconds=None)
+    >>> settings = settings_for(Trainer([(image, labels)], config))
+    >>> settings.method, settings.min_size, settings.use_foreground  # no background painted
+    ('mws', 20, False)
     """
     architecture = getattr(model_source, "architecture", None)
     if architecture is None or callable(architecture):

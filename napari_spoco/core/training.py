@@ -154,6 +154,21 @@ class Trainer:
         dimensionality or channel count than the images.
     CheckpointError
         For an unreadable source checkpoint.
+
+    Examples
+    --------
+    Two steps of a tiny network on a 32×32 image with two painted objects:
+
+    >>> image = np.random.default_rng(0).random((32, 32), dtype=np.float32)
+    >>> labels = np.zeros((32, 32), np.uint32); labels[4:12, 4:12] = 1; labels[16:28, 16:28] = 2
+    >>> config = TrainingConfig(features=(4, 8), num_groups=2, patch_shape=(16, 16),
+    ...                         batch_size=1, iterations=2, device="cpu", autosave_seconds=None)
+    >>> trainer = Trainer([(image, labels)], config)
+    >>> reports = list(trainer.steps())
+    >>> [r.iteration for r in reports], trainer.stop_reason, reports[-1].device
+    ([1, 2], 'iterations', 'cpu')
+    >>> sorted(reports[-1].terms)
+    ['fg', 'obj', 'pull', 'push', 'reg', 'u_con', 'u_push']
     """
 
     def __init__(self, pairs, config: TrainingConfig | None = None, source=None,

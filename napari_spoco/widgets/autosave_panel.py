@@ -17,7 +17,6 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
-    QLabel,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -28,6 +27,7 @@ from napari_spoco.core.errors import SpocoInputError
 from .autosave import AnnotationAutosave, restore_layers, store_key, stores_written_here
 from .autosave_policy import default_store_path, user_data_dir
 from .autosave_store import stored_array_names
+from .narrow import WrappingLabel
 from .notifications import notify_error, notify_info
 
 STORE_KEY = "spoco_store"  # layer metadata: the store a restored layer came from
@@ -55,8 +55,7 @@ class AutosavePanel(QWidget):
         self._failing = set()  # store keys whose last write failed (told once)
         self.closed = False
         self.offered: tuple | None = None  # (store, image name, array names) offered
-        self.store_label = QLabel("")
-        self.store_label.setWordWrap(True)
+        self.store_label = WrappingLabel("")  # a long path wraps instead of widening the dock
         self.store_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.choose_button = QPushButton("Choose…")
         self.choose_button.setToolTip("Save every annotation layer to one .zarr store of yours")
@@ -64,8 +63,7 @@ class AutosavePanel(QWidget):
         self.restore_button.setToolTip("Add the annotation layers saved in a .zarr store")
         self.found_button = QPushButton("Restore autosaved")
         self.found_button.setVisible(False)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = WrappingLabel("")
         buttons = QHBoxLayout()
         buttons.addWidget(self.choose_button)
         buttons.addWidget(self.restore_button)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox, QWidget
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox, QWidget
+
+from .narrow import fit_combo, short_check, wrap_rows
 
 #: Methods offered, and the parameters each one shows: (name, label, kind, default, range).
 METHODS = {
@@ -18,12 +20,12 @@ class ClusteringForm(QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.method_combo = QComboBox()
+        self.method_combo = fit_combo(QComboBox())
         for key, (title, _) in METHODS.items():
             self.method_combo.addItem(title, key)
         self.method_combo.setToolTip("Mutex watershed is the default: fast and parameter-free")
         self._fields = {}
-        self._layout = QFormLayout(self)
+        self._layout = wrap_rows(QFormLayout(self))
         self._layout.setContentsMargins(0, 0, 0, 0)
         self._layout.addRow("clustering", self.method_combo)
         for key, (_, params) in METHODS.items():
@@ -33,24 +35,26 @@ class ClusteringForm(QWidget):
                 spin.setValue(default)
                 if name == "min_size":
                     # 0 = let core.segmentation decide (a fifth of the median painted object)
-                    spin.setSpecialValueText("auto (from the painted objects)")
-                    spin.setToolTip("Smaller segments join a neighbour. 'auto': a fifth of the "
-                                    "median size of the objects the model was trained on")
+                    spin.setSpecialValueText("auto")
+                    spin.setToolTip("Smaller segments join a neighbour. 'auto' (0): a fifth of "
+                                    "the median size of the objects the model was trained on")
                 self._fields[(key, name)] = spin
                 self._layout.addRow(label, spin)
-        self.merge_check = QCheckBox("merge clusters closer than δd")
-        self.merge_check.setToolTip("Join clusters whose mean embeddings are closer than the "
-                                    "push margin (fixes objects split in two)")
+        # Short texts: the dock is narrow; the tooltips say it all.
+        self.merge_check = short_check(
+            "merge close clusters", "Merge clusters closer than δd: join clusters whose mean "
+            "embeddings are closer than the push margin (fixes objects split in two)")
         self._layout.addRow("", self.merge_check)
-        self.fill_check = QCheckBox("give dropped small pieces to their neighbours")
-        self.fill_check.setToolTip("Pieces below the min object size join the neighbouring "
-                                   "object instead of leaving holes (seeded watershed)")
+        self.fill_check = short_check(
+            "fill small pieces", "Give dropped small pieces to their neighbours: pieces below "
+            "the min object size join the neighbouring object instead of leaving holes (seeded "
+            "watershed)")
         self.fill_check.setChecked(True)
         self._layout.addRow("", self.fill_check)
-        self.foreground_check = QCheckBox("only inside the predicted foreground")
-        self.foreground_check.setToolTip(
-            "Cluster only pixels the model's foreground head calls 'object' (needs a few "
-            "painted background strokes in training); off: cluster every pixel")
+        self.foreground_check = short_check(
+            "only in the foreground", "Only inside the predicted foreground: cluster only "
+            "pixels the model's foreground head calls 'object' (needs a few painted background "
+            "strokes in training); off: cluster every pixel")
         self.foreground_check.setChecked(True)
         self._layout.addRow("", self.foreground_check)
         self.method_combo.currentIndexChanged.connect(self._show_fields)

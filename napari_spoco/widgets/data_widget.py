@@ -28,6 +28,7 @@ from .layers import (
     check_labels_fit,
     image_view,
 )
+from .narrow import WrappingLabel, fit_combos, wrap_rows
 from .notifications import notify_error
 
 #: Shortcuts while painting. napari's Labels layer uses M for "max + 1" (which would jump past a
@@ -76,6 +77,8 @@ class PairRow(QWidget):
         layout.addWidget(self.labels_combo, 1, 1)
         layout.addWidget(self.new_labels_button, 1, 2)
         layout.addWidget(self.count_label, 2, 1)
+        layout.setColumnStretch(1, 1)
+        fit_combos(self)  # long layer names must not widen the dock
         self.new_labels_button.clicked.connect(lambda: owner.create_labels(self))
         self.remove_button.clicked.connect(lambda: owner.remove_row(self))
         self.image_combo.currentIndexChanged.connect(lambda _: owner._on_image_chosen(self))
@@ -122,7 +125,7 @@ class DataWidget(QWidget):
         self.background_spin.setValue(DEFAULT_BACKGROUND_ID)
         self.autosave = AutosavePanel(viewer)
 
-        form = QFormLayout()
+        form = wrap_rows(QFormLayout())
         form.addRow("channels", self.channel_combo)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -136,9 +139,10 @@ class DataWidget(QWidget):
         background_row.addWidget(self.background_spin)
         layout.addLayout(background_row)
         layout.addWidget(self.autosave)
-        self.summary = QLabel("")
+        self.summary = WrappingLabel("")
         layout.addWidget(self.summary)
         layout.addStretch()
+        fit_combos(self)
 
         self._history_seen: dict[int, tuple[int, int]] = {}
         self._count_timer = QTimer(self)

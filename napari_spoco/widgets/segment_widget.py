@@ -12,7 +12,6 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -35,6 +34,7 @@ from ._logic import (
 from .clustering_form import ClusteringForm
 from .data_widget import OUTPUT_FLAG, is_output
 from .layers import channel_mode_for, image_view, show_image, show_labels
+from .narrow import WrappingLabel, fit_combos, wrap_rows
 from .preview_layers import keep_below
 from .remembered_settings import RememberedSettings
 from .train_settings import shipped_models
@@ -85,17 +85,16 @@ class SegmentWidget(QWidget):
         self.object_spin.setToolTip("Id of the predicted object to accept (in the instances layer)")
         self.accept_button = QPushButton("Accept")
         self.accept_cursor_button = QPushButton("Accept the object under the cursor (Shift+A)")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = WrappingLabel("")
 
-        form = QFormLayout()
+        form = wrap_rows(QFormLayout())
         form.addRow("image", self.image_combo)
         form.addRow("model", self.model_combo)
         form.addRow("device", self.device_combo)
         predict_row = QHBoxLayout()
         predict_row.addWidget(self.predict_button)
         predict_row.addWidget(self.cancel_button)
-        accept_form = QFormLayout()
+        accept_form = wrap_rows(QFormLayout())
         accept_form.addRow("into annotations", self.annotation_combo)
         accept_row = QHBoxLayout()
         accept_row.addWidget(self.object_spin)
@@ -111,6 +110,7 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.accept_cursor_button)
         layout.addWidget(self.status)
         layout.addStretch()
+        fit_combos(self)  # long layer or file names must not widen the dock
 
         self.worker = None
         self.cache = None  # dict: image name, model key, embeddings, config, view

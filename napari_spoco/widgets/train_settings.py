@@ -35,6 +35,7 @@ from napari_spoco.core.run_defaults import (
 )
 from napari_spoco.core.training import LossSettings, TrainingConfig
 
+from .narrow import fit_combos, wrap_rows
 from .remembered_settings import RememberedSettings, on_user_change, spin_accepts
 
 FROM_SCRATCH = "from scratch"
@@ -157,7 +158,7 @@ class TrainSettings(QWidget):
                                   tip="Seconds between previews of the visible region")
         self.preview_spin.setSuffix(" s")
 
-        form = QFormLayout()
+        form = wrap_rows(QFormLayout())
         form.addRow("source model", self.source_combo)
         form.addRow("labels", self.mode_combo)
         form.addRow("iterations", self.iterations_spin)
@@ -176,7 +177,7 @@ class TrainSettings(QWidget):
 
         self.advanced = QCollapsible("Advanced")
         advanced = QWidget()
-        advanced_form = QFormLayout(advanced)
+        advanced_form = wrap_rows(QFormLayout(advanced))
         self.features_edit = QLineEdit("16, 32, 64, 128")
         self.features_edit.setToolTip("U-Net channels per level (from scratch only)")
         self.embedding_spin = _spin(2, 128, 16, tip="Embedding dimension E")
@@ -210,6 +211,7 @@ class TrainSettings(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(form)
         layout.addWidget(self.advanced)
+        fit_combos(self)  # long model file names must not widen the dock
         self.source_combo.currentIndexChanged.connect(self._on_source_chosen)
         self.device_combo.currentTextChanged.connect(lambda _: self.suggest_patch())
         self._remember_choices()

@@ -7,13 +7,14 @@ import time
 
 from napari.layers import Labels
 from qtpy.QtCore import QTimer, Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from napari_spoco.core.errors import SpocoInputError
 from napari_spoco.core.run_defaults import smallest_shape
 
 from ._logic import progress_text
 from .loss_plot import LossPlot
+from .narrow import WrappingLabel
 from .notifications import notify_info, notify_warning, report_error
 from .preview import PreviewRequest, PreviewResult, PreviewSchedule
 from .preview_layers import preview_request, prepare_preview_layers, show_preview_layers
@@ -48,8 +49,7 @@ class TrainWidget(QWidget):
         self.progress.setTextVisible(True)
         self.progress.setFormat("not started")
         self.loss_plot = LossPlot()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = WrappingLabel("")
 
         buttons = QHBoxLayout()
         for button in (self.start_button, self.pause_button, self.stop_button):

@@ -155,6 +155,18 @@ def segment(
     -------
     ndarray of uint32
         Spatial shape; 0 = no object, objects numbered 1..n consecutively.
+
+    Examples
+    --------
+    Two halves of a 16×16 image, far apart in embedding space, become two objects:
+
+    >>> embeddings = np.zeros((2, 16, 16), np.float32)
+    >>> embeddings[0, :, 8:] = 5.0
+    >>> labels = segment(embeddings, "mws", min_size=0)
+    >>> labels.shape, labels.dtype, np.unique(labels).tolist()
+    ((16, 16), dtype('uint32'), [1, 2])
+    >>> bool((labels[:, :8] == labels[0, 0]).all() and (labels[:, 8:] == labels[0, 8]).all())
+    True
     """
     check_clustering_params(method, delta_v=delta_v, delta_d=delta_d,
                             foreground_threshold=foreground_threshold, **params)
