@@ -63,11 +63,18 @@ def main():
     sample = viewer.layers["StarDist nuclei 2D painted labels"]
     data = widget.data
 
-    # 1. Data: a fresh annotation layer with a few objects painted (copied from the sample).
+    # 1. Data: a fresh annotation layer with a few objects and the sample's background strokes
+    # painted (copied from the sample), as the user guide asks a user to paint.
     labels = data.create_labels(data.rows[0])
+    background_id = int(sample.data.max())
     for object_id in np.unique(sample.data)[1:11]:
+        if object_id == background_id:
+            continue
         label = data.new_object(labels)
         labels.data_setitem(np.nonzero(sample.data == object_id), label)
+    data.background_check.setChecked(True)
+    data.background_spin.setValue(background_id)
+    labels.data_setitem(np.nonzero(sample.data == background_id), background_id)
     sample.visible = False
     data.update_counts()
     widget.tabs.setCurrentIndex(0)
@@ -75,7 +82,7 @@ def main():
 
     # 2. Train with the live preview.
     settings = widget.train.settings
-    settings.iterations_spin.setValue(200)
+    settings.iterations_spin.setValue(600)
     settings.features_edit.setText("16, 32, 64")
     settings.device_combo.setCurrentText("cpu")
     settings.preview_spin.setValue(2.0)
@@ -83,7 +90,7 @@ def main():
     widget.tabs.setCurrentIndex(1)
     widget.train.start()
     spin(app, condition=lambda: widget.train.last_report is not None
-         and widget.train.last_report.iteration >= 150)
+         and widget.train.last_report.iteration >= 450)
     grab(viewer, app, "02_training_live_preview.png")
     spin(app, condition=lambda: widget.train.worker is None)
 
@@ -112,7 +119,7 @@ def main():
     centre = np.argwhere(instances == chosen).mean(axis=0)
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     camera.center = tuple(float(c) for c in centre)
-    camera.zoom *= 2.5
+    camera.zoom *= 1.5
     grab(viewer, app, "03_segment_accept.png")
 
     widget.shutdown()
