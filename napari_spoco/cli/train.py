@@ -164,15 +164,12 @@ def spatial_shapes(pairs, channel_axis) -> list[tuple[int, ...]] | None:
     import numpy as np
 
     from napari_spoco.core.validation import check_channel_axis
+    from napari_spoco.widgets._logic import spatial_shape
 
     shapes = []
     for image, _ in pairs:
-        shape = tuple(int(s) for s in np.shape(image))
-        check_channel_axis(shape, channel_axis)
-        if channel_axis is not None:
-            drop = channel_axis % len(shape)
-            shape = shape[:drop] + shape[drop + 1:]
-        shapes.append(shape)
+        check_channel_axis(np.shape(image), channel_axis)
+        shapes.append(spatial_shape(np.shape(image), channel_axis))
     if not shapes or {len(s) for s in shapes} not in ({2}, {3}):
         return None
     return shapes

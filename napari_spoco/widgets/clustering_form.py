@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox, QWidget
 
-from .narrow import fit_combo, short_check, wrap_rows
+from .narrow import short_check, wrap_rows
 
 #: Methods offered, and the parameters each one shows: (name, label, kind, default, range).
 METHODS = {
@@ -20,7 +20,7 @@ class ClusteringForm(QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.method_combo = fit_combo(QComboBox())
+        self.method_combo = QComboBox()  # narrowed with the Segment tab's other combos
         for key, (title, _) in METHODS.items():
             self.method_combo.addItem(title, key)
         self.method_combo.setToolTip("Mutex watershed is the default: fast and parameter-free")

@@ -56,8 +56,7 @@ def report_error(status, error: BaseException, what: str) -> str:
     action replaces it.
     """
     message = notify_error(error, what)
-    if status is not None:
-        status.setText(status_error_text(message))
+    status.setText(status_error_text(message))
     return message
 
 

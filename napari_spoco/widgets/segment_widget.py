@@ -178,7 +178,7 @@ class SegmentWidget(QWidget):
             self.model_combo.setCurrentIndex(0)
 
     def _update_buttons(self):
-        segmented = self.instances_layer is not None and self.instances_layer in self.viewer.layers
+        segmented = self.instances_layer is not None  # _refresh_choices drops a removed one
         enabled = segment_buttons(self.worker is not None, self.cache is not None, segmented)
         self.predict_button.setEnabled(enabled["predict"])
         self.cancel_button.setEnabled(enabled["cancel"])

@@ -351,8 +351,7 @@ class TrainSettings(QWidget):
         fields = {
             "iterations": (self.iterations_spin.value, self.iterations_spin.setValue,
                            run.iterations),
-            "patch": (self.patch_edit.text, self.patch_edit.setText,
-                      ", ".join(str(p) for p in run.patch_shape)),
+            "patch": (self.patch_edit.text, self.patch_edit.setText, _joined(run.patch_shape)),
             "batch": (self.batch_spin.value, self.batch_spin.setValue, run.batch_size),
         }
         for name, (get, set_, value) in fields.items():

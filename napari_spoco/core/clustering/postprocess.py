@@ -185,13 +185,7 @@ def remove_small(labels: np.ndarray, min_size: int,
 def touches_another_segment(compact: np.ndarray, n_ids: int) -> np.ndarray:
     """Per id of consecutive labels ``compact``, whether a face neighbour has another id > 0."""
     touches = np.zeros(n_ids, bool)
-    for axis in range(compact.ndim):
-        offset = tuple(1 if a == axis else 0 for a in range(compact.ndim))
-        source, target = edge_slices(compact.shape, offset)
-        a, b = compact[source], compact[target]
-        border = (a != b) & (a > 0) & (b > 0)
-        touches[a[border]] = True
-        touches[b[border]] = True
+    touches[touching_pairs(compact).reshape(-1)] = True
     return touches
 
 
