@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from napari_spoco.core.metrics import evaluate
+from napari_spoco.core.crac_segmentation import predict_affinities
 from napari_spoco.core.prediction import predict_with_foreground
 from napari_spoco.core.sampling import background_strokes, subsample_objects
 from napari_spoco.core.segmentation import (
@@ -127,7 +128,11 @@ def score(trainer, test_image, test_truth, setting, seed, step, start, args) -> 
     embeddings, foreground = predict_with_foreground(trainer.model, test_image,
                                                      trainer.normalization, device="cpu")
     settings = settings_for(trainer)
-    seg = segment_output(embeddings, foreground, settings)
+    affinities = None
+    if settings.affinity_source == "explicit":  # a CRAC model (--config method='"crac"')
+        affinities = predict_affinities(trainer.model, test_image, trainer.normalization,
+                                        device="cpu")
+    seg = segment_output(embeddings, foreground, settings, affinities=affinities)
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
         path = os.path.join(args.keep, kept_name(args, setting, seed, step))

@@ -1,5 +1,7 @@
 """npe2 reader for napari-spoco checkpoints: dropping a ``.pt`` file loads it as the model.
 
+A bioimage.io model package (``.zip``) loads the same way (see ``core/bioimageio_import.py``).
+
 A checkpoint holds a network, not an image, so the reader returns napari's "nothing to add"
 sentinel ``[(None,)]`` after handing the checkpoint to the SPOCO dock widget (opening the dock
 when it is not open yet). A file that is not a napari-spoco checkpoint gives a notification that
@@ -11,19 +13,29 @@ from __future__ import annotations
 import os
 
 SUFFIXES = (".pt", ".pth")
+#: bioimage.io model packages: a zip, or its rdf.yaml / bioimageio.yaml
+PACKAGE_SUFFIXES = (".zip", "rdf.yaml", "bioimageio.yaml")
 DOCK_WIDGET = "SPOCO"
 PLUGIN = "napari-spoco"
 
 
 def get_reader(path):
-    """Return :func:`read_checkpoint` for a single ``.pt``/``.pth`` path, else None."""
+    """Return :func:`read_checkpoint` for a single ``.pt``/``.pth`` path or bioimage.io
+    package (``.zip`` or ``rdf.yaml``), else None (also for zips that are no such package)."""
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
             return None
         path = path[0]
-    if not str(path).lower().endswith(SUFFIXES) or not os.path.isfile(path):
+    if not os.path.isfile(path):
         return None
-    return read_checkpoint
+    if str(path).lower().endswith(SUFFIXES):
+        return read_checkpoint
+    if str(path).lower().endswith(PACKAGE_SUFFIXES):
+        from napari_spoco.core.bioimageio_import import is_bioimageio_package
+
+        # other zips and YAML files are not ours: let napari try its other readers
+        return read_checkpoint if is_bioimageio_package(path) else None
+    return None
 
 
 def read_checkpoint(path):

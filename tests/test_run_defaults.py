@@ -267,3 +267,31 @@ def test_training_config_keeps_its_python_api_defaults():
     # Front ends decide every run default; TrainingConfig() alone keeps its documented fallbacks.
     config = TrainingConfig()
     assert config.lr is None and config.patch_shape is None and config.anisotropic is None
+
+
+@pytest.mark.parametrize("voxel_size, expected", [((2.0, 0.5, 0.5), True),
+                                                  ((0.5, 0.5, 0.5), False)])
+def test_cli_and_train_tab_decide_anisotropy_alike_from_the_voxel_size(qtbot, tmp_path,
+                                                                       voxel_size, expected):
+    import tifffile
+
+    from napari_spoco.cli.train import voxel_sizes
+    from napari_spoco.widgets.train_settings import TrainSettings
+
+    shape = (10, 80, 72)  # thin by shape: the voxel size decides instead
+    image = np.zeros(shape, np.float32)
+    labels = np.ones(shape, np.uint32)
+    cli = cli_config(image, labels, "--device", "cpu", "--voxel-size", *voxel_size)
+    settings = TrainSettings()
+    qtbot.addWidget(settings)
+    settings.device_combo.setCurrentText("cpu")
+    settings.suggest_patch(shape)
+    gui = settings.config(3, None, None, shapes=[shape], spacings=[voxel_size])  # layer.scale
+    assert cli.anisotropic == gui.anisotropic == expected
+    assert rd.default_anisotropic([shape], [voxel_size]) == expected
+    # the same voxel size recorded in an ImageJ TIFF is read by the command line
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, image, imagej=True, resolution=(1 / voxel_size[1],) * 2,
+                     metadata={"spacing": voxel_size[0], "axes": "ZYX"})
+    args = argparse.Namespace(voxel_size=None, image=[str(path)])
+    assert rd.default_anisotropic([shape], voxel_sizes(args, [shape])) == expected

@@ -14,7 +14,8 @@ from napari_spoco import __version__
 
 # Modules are imported lazily by name so that ``napari-spoco --help`` stays fast and a
 # subcommand's heavy imports (torch, napari) happen only when it runs.
-SUBCOMMAND_MODULES = ("train", "predict", "segment", "evaluate", "models", "demo")
+SUBCOMMAND_MODULES = ("train", "predict", "segment", "evaluate", "models", "demo",
+                      "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

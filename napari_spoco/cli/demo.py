@@ -54,8 +54,11 @@ def has_display() -> bool:
 
 
 def run(args) -> int:
-    if args.headless or not has_display():
-        if not args.headless:
+    if args.headless or not has_display() or _napari_missing():
+        if not args.headless and has_display():
+            print("napari is not installed: running the demo headless (pip install "
+                  "'napari-spoco[gui]' to see it in napari).", file=sys.stderr)
+        elif not args.headless:
             print("No display found: running the demo headless (use a desktop session, or "
                   "xvfb-run, to see napari).", file=sys.stderr)
         summary = run_headless(args.sample, Path(args.out), args.iterations, args.fraction,
@@ -63,6 +66,13 @@ def run(args) -> int:
         print(format_summary(summary))
         return 0
     return run_napari(args)
+
+
+def _napari_missing() -> bool:
+    """True when the `gui` extra (napari and a Qt binding) is not installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("napari") is None
 
 
 def demo_iterations(shape, device: str) -> int:

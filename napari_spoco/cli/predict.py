@@ -136,10 +136,11 @@ def progress_bar(description: str, disable: bool = False):
 
 
 def read_image(path):
-    """Read an image; zarr stays lazy so that prediction reads it tile by tile."""
+    """Read an image; zarr (OME-Zarr: level 0) and tif stay lazy, so that prediction reads
+    them tile by tile."""
     from napari_spoco.core.io import read_array
 
-    return read_array(path, lazy=Path(path).suffix.lower() == ".zarr")
+    return read_array(path, lazy=Path(path).suffix.lower() in (".zarr", ".tif", ".tiff"))
 
 
 def create_zarr_output(path, shape):

@@ -48,7 +48,12 @@ def add_parser(subparsers):
                              "predicting them")
     parser.add_argument("--embeddings-g", metavar="EMB_G",
                         help="consistency only: precomputed g embeddings of an augmented view")
-    parser.add_argument("--out", required=True, help="labels file (.tif, .npy or .zarr)")
+    parser.add_argument("--out", required=True,
+                        help="labels file (.tif, .npy or .zarr); IMAGE.ome.zarr/labels/NAME "
+                             "adds them as OME-Zarr labels of an OME-Zarr --image")
+    parser.add_argument("--voxel-size", type=float, nargs="+", default=None, metavar="S",
+                        help="voxel size [Z] Y X of the image: decides the mws anisotropy "
+                             "(default: from the image's metadata, else the checkpoint's)")
     parser.add_argument("--method", choices=("mws", "hdbscan", "meanshift", "consistency"),
                         default="mws", help="clustering method (default mws: mutex watershed)")
     parser.add_argument("--min-size", type=int, default=None,
@@ -156,9 +161,19 @@ def settings_from_args(args, loaded, ndim: int):
     chosen = dict(delta_v=args.delta_v, delta_d=args.delta_d, min_size=args.min_size,
                   fill=args.fill, merge=merge, use_foreground=args.foreground,
                   foreground_threshold=args.foreground_threshold, **method_params(args))
+    spacing = image_voxel_size(args, ndim)
     if loaded is None:
-        return segmentation_settings(method=args.method, ndim=ndim, **chosen)
-    return settings_for(loaded, method=args.method, ndim=ndim, **chosen)
+        return segmentation_settings(method=args.method, ndim=ndim, spacing=spacing, **chosen)
+    return settings_for(loaded, method=args.method, ndim=ndim, spacing=spacing, **chosen)
+
+
+def image_voxel_size(args, ndim: int):
+    """``--voxel-size`` if given, else what the ``--image`` file records (or None)."""
+    from napari_spoco.core.ome_zarr import check_voxel_size, read_voxel_size
+
+    if getattr(args, "voxel_size", None) is not None:
+        return check_voxel_size(args.voxel_size, ndim)
+    return None if args.image is None else read_voxel_size(args.image)
 
 
 def _predict_g(args, loaded, image) -> np.ndarray:
@@ -175,6 +190,24 @@ def _predict_g(args, loaded, image) -> np.ndarray:
             overlap=args.overlap, batch_size=args.batch_size, device=args.device,
             progress=progress,
         )
+
+
+def _predict_affinities(args, loaded, image) -> np.ndarray:
+    """The affinity head's explicit affinities (CRAC checkpoints)."""
+    from napari_spoco.core.crac_segmentation import predict_affinities
+    from napari_spoco.core.errors import SpocoInputError
+
+    from .predict import resolve_channel_axis
+
+    if loaded is None or image is None:
+        raise SpocoInputError("A CRAC model segments its predicted affinities: give "
+                              "--checkpoint and --image (not only --embeddings).")
+    with progress_bar("predict affinities", args.no_progress) as progress:
+        return predict_affinities(
+            loaded.model, image, loaded.normalization,
+            channel_axis=resolve_channel_axis(args, tuple(image.shape), loaded),
+            tile_shape=args.tile_shape, overlap=args.overlap, batch_size=args.batch_size,
+            device=args.device, progress=progress)
 
 
 def check_options(args) -> None:
@@ -216,6 +249,8 @@ def run(args) -> int:
             extra["embeddings_g"] = _predict_g(args, loaded, image)
     for note in settings.notes:
         print(f"note: {note}", file=sys.stderr)
+    if settings.affinity_source == "explicit":  # a CRAC checkpoint: its head's affinities
+        extra["affinities"] = _predict_affinities(args, loaded, image)
     mask = None if args.mask is None else read_array(args.mask) != 0
     labels = segment_output(embeddings, foreground, settings, mask=mask, **extra)
     write_array(args.out, labels.astype(np.uint32, copy=False))

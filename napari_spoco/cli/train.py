@@ -49,6 +49,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                       help="label id painted as background (one more object)")
     data.add_argument("--ignore-id", type=int, default=None,
                       help="label id of pixels excluded from the loss")
+    data.add_argument("--voxel-size", type=float, nargs="+", default=None, metavar="S",
+                      help="voxel size [Z] Y X of every image, e.g. 2 0.5 0.5: decides 3D "
+                           "anisotropy (default: read from OME-Zarr or ImageJ TIFF metadata, "
+                           "else guessed from the shape)")
     data.add_argument("--fraction", type=float, default=None, metavar="P",
                       help="SPOCO@p benchmark: keep round(P·n) random objects of each label "
                            "image (seeded by --seed) and set the others to 0")
@@ -84,6 +88,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     run_group.add_argument("--lr", type=float, default=None,
                            help="learning rate (default 2e-4; fine-tuning: the source's lr / 10)")
     run_group.add_argument("--device", default=None, help="auto (default), cpu, cuda or mps")
+    run_group.add_argument("--method", choices=("spoco", "crac", "both"), default=None,
+                           help="training objective: spoco (default), crac (affinity head, "
+                                "cross-representation consistency) or both losses summed")
     run_group.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     run_group.add_argument("--autosave-seconds", type=float, default=None, metavar="S",
                            help="save the checkpoint at least every S seconds (default 60)")
@@ -148,6 +155,7 @@ def build_config(args, pairs=None):
         "device": args.device,
         "seed": args.seed,
         "autosave_seconds": args.autosave_seconds,
+        "method": args.method,
     }
     settings = {key: value for key, value in settings.items() if value is not None}
     if args.norm is not None:
@@ -207,15 +215,26 @@ def run_settings(args, shapes):
     if args.source is not None and args.lr is None:
         source_lr = source_learning_rate(load_checkpoint(source_checkpoint(args)))
     return resolve_run_settings(
-        shapes, resolve_device(args.device or "auto").type,
+        shapes, resolve_device(args.device or "auto").type, spacings=voxel_sizes(args, shapes),
         fine_tuning=args.source is not None, source_lr=source_lr, lr=args.lr,
         iterations=args.iterations, patch_shape=args.patch_shape, batch_size=args.batch_size,
     )
 
 
+def voxel_sizes(args, shapes) -> list:
+    """Per ``--image``, ``--voxel-size`` if given, else the size its file records (or None)."""
+    from napari_spoco.core.ome_zarr import check_voxel_size, read_voxel_size
+
+    if getattr(args, "voxel_size", None) is not None:
+        return [check_voxel_size(args.voxel_size, len(shape)) for shape in shapes]
+    if len(args.image) != len(shapes):  # arrays not read from the --image files
+        return [None] * len(shapes)
+    return [read_voxel_size(path) if Path(path).exists() else None for path in args.image]
+
+
 #: Options a resumed run takes from its checkpoint instead (``--channel-axis`` is compared).
 RESUMED_SETTINGS = ("features", "norm", "anisotropic_levels", "patch_shape", "batch_size", "lr",
-                    "mode", "ignore_id", "autosave_seconds")
+                    "mode", "ignore_id", "autosave_seconds", "method")
 
 
 def check_out(args) -> Path:
@@ -331,15 +350,34 @@ def progress_lines_wanted(args, stream=None) -> bool:
 
 
 def run(args) -> int:
-    """Train, showing the loss in a progress bar; save at the end and on Ctrl-C."""
-    from tqdm import tqdm
+    """Train, showing the loss in a progress bar; save at the end and on Ctrl-C.
 
+    Under ``torchrun`` every process trains its share of the batch (``core/distributed.py``).
+    """
+    from napari_spoco.core import distributed
     from napari_spoco.core.errors import SpocoInputError
 
     if not args.progress_seconds >= 0:
         raise SpocoInputError(
             f"--progress-seconds must be a number of seconds >= 0, got {args.progress_seconds}."
         )
+    # under torchrun: join the process group; then only rank 0 prints and writes
+    context = distributed.init_from_environment(args.device)
+    try:
+        return _train(args, context)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args, context) -> int:
+    from tqdm import tqdm
+
+    from napari_spoco.core.distributed import device_line
+
+    def say(text):
+        if context.is_main:
+            print(text, file=sys.stderr, flush=True)
+
     resolve_source(args)  # before check_out: a shipped model is an input too
     out = check_out(args)
     if args.resume is not None:
@@ -347,23 +385,26 @@ def run(args) -> int:
     pairs = read_pairs(args)
     trainer = make_trainer(args, pairs, out)
     config = trainer.config
-    print(
+    say(
         f"Training a {config.ndim}D U-Net {list(config.features)} on {len(pairs)} image(s), "
         f"{sum(trainer.data.objects_per_pair())} labeled object(s), {config.mode} labels, "
         f"patch {list(config.patch_shape)} x {config.batch_size}, lr {trainer.lr:g}, "
         f"{config.iterations} steps, device {trainer.device}"
         + (", anisotropic" if config.ndim == 3 and config.anisotropic else "")
-        + (f", from {source_text(args)}" if args.source else ""),
-        file=sys.stderr,
+        + (f", from {source_text(args)}" if args.source else "")
     )
+    say(f"Device: {device_line(trainer)}"
+        + (f", {context.describe()}, global batch {config.batch_size * context.world_size}"
+           if context.active else ""))
     from napari_spoco.core.segmentation import settings_for
 
     for note in settings_for(trainer).notes:
-        print(f"note: {note}", file=sys.stderr)
+        say(f"note: {note}")
+    quiet = args.no_progress or not context.is_main
     bar = tqdm(total=config.iterations, initial=trainer.iteration, unit="step",
-               disable=True if args.no_progress else None, dynamic_ncols=True)
+               disable=True if quiet else None, dynamic_ncols=True)
     lines = None
-    if progress_lines_wanted(args):
+    if progress_lines_wanted(args) and context.is_main:
         lines = ProgressLines(config.iterations, args.progress_seconds,
                               start_iteration=trainer.iteration)
     try:
@@ -378,8 +419,8 @@ def run(args) -> int:
         if lines is not None:
             lines.close()
         trainer.save(out)
-        print(f"Interrupted at iteration {trainer.iteration}; saved {out} (continue with "
-              f"--resume {out}).", file=sys.stderr)
+        say(f"Interrupted at iteration {trainer.iteration}; saved {out} (continue with "
+            f"--resume {out}).")
         return 130
     bar.close()
     if lines is not None:
@@ -387,5 +428,5 @@ def run(args) -> int:
     # steps() saved to the autosave path (= out) when it ended.
     reason = {"lr": "the learning rate fell below its minimum", "stopped": "stopped"}.get(
         trainer.stop_reason, "done")
-    print(f"Saved {out} at iteration {trainer.iteration} ({reason}).", file=sys.stderr)
+    say(f"Saved {out} at iteration {trainer.iteration} ({reason}).")
     return 0

@@ -195,7 +195,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     Parameters
     ----------
     path : str or PathLike
-        The checkpoint file.
+        The checkpoint file, or a bioimage.io model package (``.zip`` or a folder with
+        ``rdf.yaml``; see :func:`~napari_spoco.core.bioimageio_import.package_checkpoint`).
     map_location : str, torch.device or callable
         Where tensors are placed; the CPU by default.
 
@@ -217,6 +218,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         raise CheckpointError(
             f"Checkpoint {str(path)!r} does not exist; check the path or train a model first."
         )
+    from .bioimageio_import import is_bioimageio_package, package_checkpoint
+
+    if is_bioimageio_package(path):  # a bioimage.io .zip or rdf.yaml folder
+        content = package_checkpoint(path)
+        _check_payload_types(content, str(path))
+        _check_finite_weights(content, str(path))
+        return content
     if path.is_dir():
         raise CheckpointError(f"Checkpoint {str(path)!r} is a directory; give the .pt file.")
     try:
@@ -389,18 +397,18 @@ def load_state(model: torch.nn.Module, state: dict, path: str = "checkpoint") ->
 
 
 def load_source_state(model: torch.nn.Module, state: dict, path: str = "checkpoint") -> None:
-    """Load a source network's weights for fine-tuning; only the foreground head may differ.
+    """Load a source network's weights for fine-tuning; only the optional heads may differ.
 
     A source trained without the foreground head leaves ``model``'s new head as initialised; a
     source with one, loaded into a network without it, drops that head's weights. Any other
     mismatch raises ``CheckpointError`` as in :func:`load_state`.
     """
-    head = "foreground_head."
+    heads = ("foreground_head.", "affinity_head.")  # optional heads (CRAC: affinity_head)
     own = model.state_dict()
     state = {key: value for key, value in dict(state).items()
-             if key in own or not key.startswith(head)}
+             if key in own or not key.startswith(heads)}
     for key, value in own.items():
-        if key.startswith(head):
+        if key.startswith(heads):
             state.setdefault(key, value)
     load_state(model, state, path)
 

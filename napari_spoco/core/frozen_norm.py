@@ -98,10 +98,18 @@ def group_statistics(x: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, to
 
     Pooling every pixel of every sample equally is the pixel-count weighted pooling of the
     samples' own statistics: ``var = E[var_i + mean_i²] − mean²``.
+
+    The sums accumulate in float64 without a float64 copy of the activations (the old version
+    made two): the deviations are taken in the input dtype from the rounded mean ``c`` and the
+    exact shift correction ``var = E[(x − c)²] − (mean − c)²`` removes the rounding of ``c``.
     """
-    grouped = x.detach().reshape(x.shape[0], num_groups, -1).double()
-    mean = grouped.mean(dim=(0, 2))
-    var = (grouped - mean[None, :, None]).square().mean(dim=(0, 2))
+    grouped = x.detach().reshape(x.shape[0], num_groups, -1)
+    count = grouped.shape[0] * grouped.shape[2]
+    mean = grouped.sum(dim=(0, 2), dtype=torch.float64) / count
+    centre = mean.to(grouped.dtype)
+    deviation = (grouped - centre[None, :, None]).square_()
+    var = (deviation.sum(dim=(0, 2), dtype=torch.float64) / count
+           - (mean - centre.double()).square())
     return mean, var
 
 

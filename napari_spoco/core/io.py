@@ -58,10 +58,13 @@ def read_array(path: str | os.PathLike, lazy: bool = False):
     Parameters
     ----------
     path : str or PathLike
-        The file (or zarr directory) to read. A zarr group must hold a single array or an
-        array named ``"data"``; an array inside a store can be given as ``store.zarr/name``.
+        The file (or zarr directory) to read. A zarr group must be an OME-Zarr image (its
+        level 0 is read, singleton t and c axes dropped; see ``core.ome_zarr``), hold a single
+        array or an array named ``"data"``; an array inside a store can be given as
+        ``store.zarr/name``.
     lazy : bool
-        For zarr, return the zarr array itself instead of loading it into memory.
+        For zarr and tif, return a lazy array (zarr, or a view of an OME-Zarr level) that
+        reads only what is indexed, instead of loading it into memory.
 
     Returns
     -------
@@ -105,7 +108,16 @@ def _check_readable(path: Path, suffix: str) -> None:
 def _read_tif(path: Path, lazy: bool):
     import tifffile
 
-    return tifffile.imread(path)
+    if not lazy:
+        return tifffile.imread(path)
+    import zarr
+
+    # A zarr view of the file's pages: indexing reads only the pages (or tiles) it touches, so
+    # a stack larger than memory can be predicted tile by tile.
+    array = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    if not hasattr(array, "shape"):  # a pyramidal tif: level 0
+        array = array[next(iter(array.array_keys()))]
+    return array
 
 
 def _read_npy(path: Path, lazy: bool):
@@ -123,6 +135,11 @@ def _read_zarr(path: Path, lazy: bool):
 
     node = zarr.open(str(path), mode="r")
     if not hasattr(node, "shape"):  # a group
+        from .ome_zarr import multiscales, read_ome_image
+
+        if multiscales(node.attrs)[0] is not None:  # an OME-Zarr image: its level 0
+            level0 = read_ome_image(path).levels[0]
+            return level0 if lazy else np.asarray(level0[...])
         keys = list(node.array_keys())
         if "data" in keys:
             node = node["data"]
@@ -207,14 +224,21 @@ def check_output(
         store being overwritten); its folder cannot be created or written to.
     """
     path = Path(path).expanduser()
+    from .ome_zarr import labels_target
+
+    # <image>.ome.zarr/labels/<name> only adds a group beside the image: it conflicts with an
+    # input only if that input is this label image (or inside it).
+    labels_out = labels_target(path) is not None
     # Inputs first: "--out L.npy would destroy the labels" is the message that matters most.
     for name, other in _named(inputs):
+        if other is not None and labels_out and not _inside(other, path):
+            continue
         if other is not None and same_file(path, other):
             raise SpocoInputError(
                 f"{option} {str(path)!r} is the same file as {name} {str(other)!r}: writing it "
                 "would destroy that input. Choose another output name."
             )
-    if path.is_dir() and path.suffix.lower() != ".zarr":
+    if path.is_dir() and path.suffix.lower() != ".zarr" and not labels_out:
         raise SpocoInputError(
             f"{option} {str(path)!r} is a folder; give a file name inside it, e.g. "
             f"{str(path / ('output' + suffixes[0]))!r}."
@@ -223,6 +247,11 @@ def check_output(
     _check_existing(path, overwrite, option)
     _check_writable_folder(path, option)
     return path
+
+
+def _inside(path, folder) -> bool:
+    path, folder = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return path == folder or folder in path.parents
 
 
 def _named(inputs):
@@ -306,9 +335,15 @@ def write_array(path: str | os.PathLike, array) -> Path:
 
     The data goes to a temporary file (or store) next to ``path`` first and is renamed into
     place, so an interrupted write never leaves a half-written file under the final name.
+    A ``path`` of the form ``<OME-Zarr image>/labels/<name>`` is written as an OME-Zarr label
+    image of that image (``core.ome_zarr.write_ome_labels``).
     """
     path = Path(path)
     suffix = _suffix(path)
+    from .ome_zarr import labels_target, write_ome_labels
+
+    if labels_target(path) is not None:
+        return write_ome_labels(path, array)
     path.parent.mkdir(parents=True, exist_ok=True)
     array = np.asarray(array)
     if suffix == ".zarr":

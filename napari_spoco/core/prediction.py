@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .devices import resolve_device
+from .distributed import amp_dtype, autocast
 from .errors import SpocoInputError
 from .frozen_norm import CALIBRATION_TILES, calibration_regions, freeze_group_norm, has_group_norm
 from .tiling import TileLayout, plan_tiles, window
@@ -281,7 +282,9 @@ def predict_embeddings(
                 _read_tile(image, spatial, channel_axis, normalization)
                 for spatial, _ in batch
             ])
-            result = network(torch.from_numpy(tiles).to(device))
+            # bf16/fp16 autocast on CUDA only (distributed.amp_dtype); blending stays float32
+            with autocast(device, amp_dtype(device)):
+                result = network(torch.from_numpy(tiles).to(device))
             if out_channels is None:  # a network without the attribute: learn E now
                 out_channels = result.shape[1]
                 out = _prepare_out(out, int(out_channels), spatial_shape, dtype)

@@ -225,13 +225,37 @@ def default_iterations(shape: Sequence[int], device_kind: str,
     return int(min(max(steps, CPU_MIN_ITERATIONS), CPU_MAX_ITERATIONS))
 
 
-def default_anisotropic(shapes: Iterable[Sequence[int]]) -> bool:
+#: A stack whose z step is at least this many times its finest in-plane pixel is anisotropic.
+ANISOTROPY_RATIO = 2.0
+
+
+def known_spacing(spacing) -> tuple[float, ...] | None:
+    """``spacing`` as floats, or None when unknown: missing, not positive, or all ones.
+
+    All ones is napari's default layer scale and what uncalibrated files say, so it carries
+    no information; treating it as unknown keeps the Train tab (``layer.scale``) and the
+    command line (file metadata) deciding alike for the same data.
+
+    Examples
+    --------
+    >>> known_spacing((2, 0.5, 0.5)), known_spacing((1, 1, 1)), known_spacing(None)
+    ((2.0, 0.5, 0.5), None, None)
+    """
+    if spacing is None:
+        return None
+    values = tuple(float(v) for v in spacing)
+    if not values or min(values) <= 0 or all(v == 1.0 for v in values):
+        return None
+    return values
+
+
+def default_anisotropic(shapes: Iterable[Sequence[int]], spacings=None) -> bool:
     """Whether 3D training treats z as thin: rotations and scaling stay in-plane.
 
-    True when every training stack is 3D with ``Z ≤ min(Y, X) / 2`` (few slices: in
-    microscopy that comes with a coarse z step). The rule looks at the array shapes only, not
-    at a voxel size: the command line reads plain arrays (tif, npy, zarr) that carry none, and
-    the Train tab must decide as it does for the same data.
+    True when every training stack is 3D and thin: with a known voxel size (``spacings``,
+    ``(Z, Y, X)`` per stack; see :func:`known_spacing`) its z step is at least
+    :data:`ANISOTROPY_RATIO` times its finest in-plane pixel; without one, ``Z ≤ min(Y, X) / 2``
+    (few slices: in microscopy that comes with a coarse z step).
 
     Examples
     --------
@@ -239,13 +263,27 @@ def default_anisotropic(shapes: Iterable[Sequence[int]]) -> bool:
     True
     >>> default_anisotropic([(48, 64, 64)])
     False
+    >>> default_anisotropic([(48, 64, 64)], spacings=[(2.0, 0.5, 0.5)])  # coarse z step
+    True
+    >>> default_anisotropic([(12, 64, 64)], spacings=[(0.5, 0.5, 0.5)])  # isotropic voxels
+    False
     >>> default_anisotropic([(512, 512)])  # 2D
     False
     """
     shapes = [tuple(shape) for shape in shapes]
-    return bool(shapes) and all(
-        len(s) == 3 and s[0] * 2 <= min(s[1:]) for s in shapes
-    )
+    spacings = [None] * len(shapes) if spacings is None else list(spacings)
+    if len(spacings) != len(shapes):
+        raise ValueError(f"{len(spacings)} spacings for {len(shapes)} shapes")
+
+    def thin(shape, spacing):
+        if len(shape) != 3:
+            return False
+        spacing = known_spacing(spacing)
+        if spacing is not None and len(spacing) == 3:
+            return spacing[0] >= ANISOTROPY_RATIO * min(spacing[1:])
+        return shape[0] * 2 <= min(shape[1:])
+
+    return bool(shapes) and all(thin(s, v) for s, v in zip(shapes, spacings))
 
 
 @dataclass(frozen=True)
@@ -275,6 +313,7 @@ def resolve_run_settings(
     patch_shape: Sequence[int] | None = None,
     batch_size: int | None = None,
     anisotropic: bool | None = None,
+    spacings=None,
 ) -> RunSettings:
     """The given settings, with every one left as None decided by the rules of this module.
 
@@ -291,6 +330,8 @@ def resolve_run_settings(
         As for :func:`default_learning_rate`.
     lr, iterations, patch_shape, batch_size, anisotropic
         Settings given explicitly (None: use the default).
+    spacings : list, optional
+        Voxel size per image (None where unknown), for :func:`default_anisotropic`.
 
     Examples
     --------
@@ -309,7 +350,7 @@ def resolve_run_settings(
         patch_shape=tuple(int(p) for p in patch_shape) if patch_shape is not None else patch,
         batch_size=int(batch_size) if batch_size is not None else batch,
         anisotropic=bool(anisotropic) if anisotropic is not None
-        else default_anisotropic(shapes),
+        else default_anisotropic(shapes, spacings),
     )
 
 

@@ -17,6 +17,9 @@ Decisions, and why (docs/method.md, "Segmentation defaults"):
 - **Fill**: pieces removed for their size are given to a neighbouring segment, not left as
   holes inside objects.
 - **Anisotropy**: 3D runs trained as anisotropic (thin slices) use short z offsets.
+- **CRAC models** (an affinity head, ``TrainingConfig.method`` "crac"/"both") segment with
+  the mutex watershed on the head's explicit affinities (``crac_segmentation``), not on
+  affinities from embedding distances.
 - **HDBSCAN and mean-shift** cluster each connected piece of the foreground on its own; without
   a usable foreground they cluster the whole image and the settings carry a note saying that
   distant objects may merge.
@@ -33,6 +36,7 @@ import numpy as np
 from .clustering.pipeline import PER_COMPONENT_METHODS
 from .errors import SpocoInputError
 from .foreground import FOREGROUND_THRESHOLD
+from .run_defaults import default_anisotropic, known_spacing
 
 #: Segments smaller than this fraction of the median painted object are fragments.
 MIN_SIZE_FRACTION = 0.2
@@ -127,6 +131,9 @@ class SegmentationSettings:
         Method options (e.g. ``anisotropic`` for mws).
     notes : list of str
         What the user should know about these settings (e.g. no background painted).
+    affinity_source : {"embeddings", "explicit"}
+        mws only: affinities from embedding distances, or the affinity head's predictions
+        (pass them to :func:`segment_output` as ``affinities``).
     """
 
     method: str = "mws"
@@ -140,6 +147,7 @@ class SegmentationSettings:
     foreground_crop: bool = True
     params: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    affinity_source: str = "embeddings"
 
     def segment_kwargs(self) -> dict:
         """Keyword arguments of ``clustering.segment`` (without the mask)."""
@@ -161,7 +169,8 @@ def _get(config, *keys, default=None):
 
 def segmentation_settings(config=None, architecture: dict | None = None,
                           annotations: dict | None = None, *, method: str = "mws",
-                          ndim: int | None = None, **overrides) -> SegmentationSettings:
+                          ndim: int | None = None, spacing=None,
+                          **overrides) -> SegmentationSettings:
     """The clustering settings for a model, decided from what its checkpoint records.
 
     Parameters
@@ -176,6 +185,10 @@ def segmentation_settings(config=None, architecture: dict | None = None,
         Clustering method.
     ndim : int, optional
         Spatial dimensions of what is segmented (a 2D slice of a 3D model is 2D).
+    spacing : sequence of float, optional
+        Voxel size ``Z, Y, X`` of the segmented image; when known
+        (``run_defaults.known_spacing``) it decides the mws anisotropy
+        (``run_defaults.default_anisotropic``) instead of the training run's.
     **overrides
         Settings the user chose explicitly (``None`` values are ignored): any attribute of
         :class:`SegmentationSettings`, or a method option, which goes to ``params``.
@@ -203,8 +216,15 @@ def segmentation_settings(config=None, architecture: dict | None = None,
     settings.use_foreground = has_head and background_known
     if has_head and annotations and not background_known:
         settings.notes.append(NO_BACKGROUND_NOTE)
+    if method == "mws" and int(_get(architecture, "affinity_channels", default=0)):
+        settings.affinity_source = "explicit"  # CRAC infers from its explicit affinities
     dims = ndim if ndim is not None else _get(architecture, "ndim")
-    if method == "mws" and dims == 3 and bool(_get(config, "anisotropic", default=False)):
+    anisotropic = bool(_get(config, "anisotropic", default=False))
+    if settings.affinity_source == "embeddings" and known_spacing(spacing) is not None:
+        # the image's own voxel size says whether its z step is coarse; explicit affinities
+        # keep the training run's offsets (the head predicts exactly those)
+        anisotropic = default_anisotropic([(2, 4, 4)], [spacing])  # the shape is not used
+    if method == "mws" and dims == 3 and anisotropic:
         settings.params["anisotropic"] = True
     names = {f.name for f in dataclasses.fields(SegmentationSettings)} - {"params", "notes"}
     for key, value in overrides.items():
@@ -216,6 +236,11 @@ def segmentation_settings(config=None, architecture: dict | None = None,
             settings.params[key] = value
     if settings.method in PER_COMPONENT_METHODS and not settings.use_foreground:
         settings.notes.append(WHOLE_IMAGE_CLUSTERING_NOTE.format(method=settings.method))
+    if settings.affinity_source not in ("embeddings", "explicit"):
+        raise SpocoInputError(f"affinity_source must be 'embeddings' or 'explicit', got "
+                              f"{settings.affinity_source!r}.")
+    if settings.affinity_source == "explicit" and settings.method != "mws":
+        settings.affinity_source = "embeddings"  # only the mutex watershed takes affinities
     if not 0.0 < settings.foreground_threshold < 1.0:
         raise SpocoInputError(
             f"The foreground threshold must be between 0 and 1, got "
@@ -235,7 +260,7 @@ def foreground_kwargs(foreground, settings: SegmentationSettings, mask=None) -> 
 
 
 def segment_output(embeddings, foreground, settings: SegmentationSettings, mask=None,
-                   **extra) -> np.ndarray:
+                   affinities=None, **extra) -> np.ndarray:
     """Instances from embeddings and foreground probability with the given settings.
 
     Parameters
@@ -247,6 +272,9 @@ def segment_output(embeddings, foreground, settings: SegmentationSettings, mask=
     settings : SegmentationSettings
     mask : ndarray, optional
         A user's mask: only these pixels are clustered (combined with the foreground).
+    affinities : ndarray, optional
+        The affinity head's output (``crac_segmentation.predict_affinities``); required when
+        ``settings.affinity_source`` is "explicit".
     **extra
         Passed to ``clustering.segment`` (e.g. ``embeddings_g`` for consistency).
 
@@ -269,12 +297,22 @@ def segment_output(embeddings, foreground, settings: SegmentationSettings, mask=
     """
     from .clustering import segment
 
+    if settings.affinity_source == "explicit":
+        if affinities is None:
+            raise SpocoInputError(
+                "These settings segment the affinity head's explicit affinities (a CRAC "
+                "model), but none were given: predict them with "
+                "crac_segmentation.predict_affinities and pass affinities=..., or choose "
+                "affinity_source='embeddings'.")
+        from .crac_segmentation import segment_affinities
+
+        return segment_affinities(affinities, settings, foreground, mask)
     return segment(np.asarray(embeddings), **foreground_kwargs(foreground, settings, mask),
                    **settings.segment_kwargs(), **extra)
 
 
 def settings_for(model_source, *, method: str = "mws", ndim: int | None = None,
-                 **overrides) -> SegmentationSettings:
+                 spacing=None, **overrides) -> SegmentationSettings:
     """:func:`segmentation_settings` of a ``Trainer`` or a loaded checkpoint (``LoadedModel``).
 
     The one call every front end makes: the CLI and the Segment tab with a ``LoadedModel``, the
@@ -295,7 +333,7 @@ def settings_for(model_source, *, method: str = "mws", ndim: int | None = None,
     if architecture is None or callable(architecture):
         architecture = model_source.model.config
     return segmentation_settings(model_source.config, architecture, model_source.annotations,
-                                 method=method, ndim=ndim, **overrides)
+                                 method=method, ndim=ndim, spacing=spacing, **overrides)
 
 
 def training_notes(label_arrays, config) -> list:

@@ -29,8 +29,10 @@ from .checkpoint import (
 )
 from .data import TrainingData
 from .devices import resolve_device
+from . import distributed
 from .errors import CheckpointError, SpocoInputError
 from .foreground import foreground_loss, split_output
+from .crac_loss import CracLoss, edge_offsets
 from .loss import SpocoLoss
 from .momentum import make_momentum_copy, momentum_update
 from .normalization import Normalization
@@ -39,6 +41,7 @@ from .training_config import (
     TrainingConfig,
     adopt_source,
     as_pairs,
+    resolve_affinity_channels,
     resolve_defaults,
     take_data_settings,
     take_image_settings,
@@ -176,7 +179,10 @@ class Trainer:
         config = (config or TrainingConfig()).replace()
         self.source = None if source is None else Path(source)
         self.autosave_path = None if autosave_path is None else Path(autosave_path)
-        self.device = resolve_device(config.device)
+        self.dist = distributed.current_context()  # a torchrun process group, if any
+        self.device = distributed.rank_device(resolve_device(config.device), self.dist)
+        distributed.check_supported(config, self.dist)
+        self.amp_dtype = distributed.amp_dtype(self.device, config.mixed_precision)
         source_ckpt = None if source is None else load_checkpoint(source)
         prepared = isinstance(pairs, TrainingData)
         if prepared:
@@ -191,6 +197,7 @@ class Trainer:
                 normalization = Normalization.from_dict(dict(source_ckpt["normalization"]))
         resolve_defaults(config)
         self.data = pairs if prepared else self._build_data(pairs, config, normalization)
+        resolve_affinity_channels(config)  # needs the anisotropy the data decided
         self.config = config
 
         with torch.random.fork_rng(devices=[]):
@@ -207,8 +214,14 @@ class Trainer:
             load_source_state(self.momentum_model, source_ckpt["momentum_state"], str(source))
         self.model.to(self.device)
         self.momentum_model.to(self.device)
+        # DDP averages f's gradients over the ranks; self.model stays the bare network
+        self._forward_model = distributed.wrap_model(self.model, self.dist, self.device)
+        self.scaler = distributed.make_scaler(self.device, self.amp_dtype)
 
         self.loss_fn = SpocoLoss(**config.loss_kwargs())
+        self.crac_loss = None if config.method == "spoco" else CracLoss(
+            edge_offsets(config.ndim, bool(config.anisotropic)), config.loss.delta_d,
+            config.crac, config.mode, config.background_id, config.ignore_id)
         self.adversarial = None if critic is None else WganGp(
             critic.to(self.device), config.adversarial, seed=config.seed + 1)
         self.optimizer = torch.optim.Adam(
@@ -220,7 +233,8 @@ class Trainer:
                 self.optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
             )
         self.rng = np.random.default_rng(config.seed)
-        self.loss_generator = torch.Generator().manual_seed(config.seed)
+        self.loss_generator = torch.Generator().manual_seed(
+            distributed.loss_seed(config.seed, self.dist))
         self.iteration = 0
         self.stop_reason: str | None = None
         self._tracker = _LossTracker(config.loss_smoothing)
@@ -291,6 +305,9 @@ class Trainer:
             rng_state = checkpoint["rng_state"]
             self.rng.bit_generator.state = rng_state["numpy"]
             self.loss_generator.set_state(rng_state["loss"])
+            if self.dist.rank > 0:  # the checkpoint holds rank 0's anchor stream
+                self.loss_generator.manual_seed(distributed.loss_seed(
+                    self.config.seed, self.dist, int(checkpoint["iteration"])))
         except (KeyError, ValueError, TypeError, RuntimeError) as err:
             raise CheckpointError(
                 f"{path!r} holds a model but not a resumable training state ({err}); fine-tune "
@@ -416,13 +433,21 @@ class Trainer:
             self.model.train()
             # g normalises with its own batch statistics, like f (see momentum.py).
             self.momentum_model.train()
-            x_f, x_g, labels = self.data.sample_batch(self.config.batch_size, self.rng)
-            x_f = x_f.to(self.device, non_blocking=True)
-            x_g = x_g.to(self.device, non_blocking=True)
-            emb_f, foreground_logit = split_output(self.model(x_f), self.model.foreground)
-            with torch.no_grad():
-                emb_g, _ = split_output(self.momentum_model(x_g), self.model.foreground)
-            total, terms = self.loss_fn(emb_f, emb_g, labels, generator=self.loss_generator)
+            x_f, x_g, labels = distributed.rank_batch(self.data, self.config.batch_size,
+                                                      self.rng, self.dist)
+            x_f = distributed.pin(x_f, self.device).to(self.device, non_blocking=True)
+            x_g = distributed.pin(x_g, self.device).to(self.device, non_blocking=True)
+            # autocast covers the networks only; the loss promotes to float32 (loss.py)
+            with distributed.autocast(self.device, self.amp_dtype):
+                out_f, affinity_logits = self._forward_model(x_f, with_affinities=True)
+                with torch.no_grad():
+                    out_g = self.momentum_model(x_g)
+            emb_f, foreground_logit = split_output(out_f, self.model.foreground)
+            emb_g, _ = split_output(out_g, self.model.foreground)
+            emb_f, emb_g = emb_f.float(), emb_g.float()
+            if foreground_logit is not None:
+                foreground_logit = foreground_logit.float()
+            total, terms = self._embedding_losses(emb_f, emb_g, labels, affinity_logits)
             if foreground_logit is not None:
                 config = self.config
                 terms["fg"] = foreground_loss(foreground_logit, labels, config.mode,
@@ -432,16 +457,18 @@ class Trainer:
             if self.adversarial is not None:
                 total, terms = self._add_adversarial(emb_f, labels, total, terms)
             values = torch.stack([total.detach(), *(t.detach() for t in terms.values())])
-            values = values.cpu().tolist()
+            # the mean over ranks: every rank reports, schedules and stops on the same numbers
+            values = distributed.average_values(values.cpu().tolist(), self.dist)
             if not all(map(math.isfinite, values)):
                 raise SpocoInputError(
                     f"The loss became non-finite at iteration {self.iteration + 1} "
                     f"({dict(zip(['total', *terms], values))}); the weights were left as they "
-                    "were. Lower the learning rate or check the images for extreme values."
+                    "were. Lower the learning rate or check the images for extreme values"
+                    + (" (or set mixed_precision=False)." if self.amp_dtype else ".")
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            self.optimizer.step()
+            # float16: a step whose gradients overflow is skipped (warned), never applied
+            distributed.scaled_step(self.scaler, self.optimizer, total, self.iteration + 1)
             momentum_update(self.momentum_model, self.model, self.config.momentum)
             self.iteration += 1
             seconds = time.perf_counter() - start
@@ -460,6 +487,18 @@ class Trainer:
                 eta_seconds=remaining * self._tracker.seconds,
                 device=str(self.device),
             )
+
+    def _embedding_losses(self, emb_f, emb_g, labels, affinity_logits):
+        """SPOCO's terms, CRAC's (``config.method``: "crac"), or their sum ("both")."""
+        method = self.config.method
+        total, terms = 0.0, {}
+        if method != "crac":
+            total, terms = self.loss_fn(emb_f, emb_g, labels, generator=self.loss_generator)
+        if method != "spoco":
+            crac_total, crac_terms = self.crac_loss(
+                emb_f, affinity_logits.float(), labels, self.iteration, self.config.iterations)
+            total, terms = total + crac_total, {**terms, **crac_terms}
+        return total, terms
 
     def _add_adversarial(self, emb_f, labels, total, terms):
         """Train the critic on this step's masks; add zeta * (-E[D(fake)]) after the warm-up.
@@ -517,5 +556,10 @@ class Trainer:
             }
 
     def save(self, path) -> Path:
-        """Write a checkpoint atomically (safe to call from another thread between steps)."""
+        """Write a checkpoint atomically (safe to call from another thread between steps).
+
+        In a distributed run only rank 0 writes; the other ranks return the path unwritten.
+        """
+        if not self.dist.is_main:
+            return Path(path)
         return save_checkpoint(path, self.checkpoint_payload())

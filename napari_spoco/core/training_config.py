@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 
 from .adversarial import AdversarialSettings
+from .crac_loss import METHODS as TRAINING_METHODS
+from .crac_loss import CracSettings, edge_offsets
 from .errors import SpocoInputError
 from .run_defaults import (  # noqa: F401 (DEFAULT_LR, FINE_TUNE_LR_DIVISOR: re-exported)
     DEFAULT_LR,
@@ -114,6 +116,10 @@ class TrainingConfig:
         Seeds the initial weights, patch sampling, augmentation and anchor draws.
     device : str
         "auto", "cpu", "cuda", "cuda:1", "mps".
+    mixed_precision : bool or None
+        Autocast f's forward pass to bfloat16 (float16 with a gradient scaler on GPUs without
+        bfloat16); None (default): on for CUDA only, False: always float32, True: also on the
+        CPU (``distributed.amp_dtype``).
     autosave_seconds : float or None
         Save to the autosave path at least this often (crash safety); None: never by time.
     autosave_iterations : int or None
@@ -121,6 +127,13 @@ class TrainingConfig:
     adversarial : AdversarialSettings or None
         The optional WGAN-GP critic term (appendix A.1, see ``core/adversarial.py``); None (the
         default, and what checkpoints without this key load as) switches it off.
+    method : {"spoco", "crac", "both"}
+        Training objective: the SPOCO loss, the CRAC affinity losses (``core/crac_loss.py``,
+        adds an affinity head), or their sum.
+    affinity_channels : int
+        Channels of the affinity head; set from the edge layout for "crac"/"both" (0: none).
+    crac : CracSettings
+        Weights and confidence schedule of the CRAC loss.
     """
 
     ndim: int | None = None
@@ -158,8 +171,14 @@ class TrainingConfig:
     autosave_seconds: float | None = 60.0
     autosave_iterations: int | None = None
     adversarial: AdversarialSettings | None = None
+    method: str = "spoco"
+    affinity_channels: int = 0
+    crac: CracSettings = field(default_factory=CracSettings)
+    mixed_precision: bool | None = None
 
     def __post_init__(self):
+        if isinstance(self.crac, dict):
+            self.crac = _build(CracSettings, self.crac, "crac")
         if isinstance(self.loss, dict):
             self.loss = _build(LossSettings, self.loss, "loss")
         if isinstance(self.adversarial, dict):
@@ -174,6 +193,9 @@ class TrainingConfig:
         problems = []
         if self.ndim not in (None, 2, 3):
             problems.append(f"ndim must be 2 or 3, got {self.ndim}")
+        if self.method not in TRAINING_METHODS:
+            problems.append(f"method must be one of {TRAINING_METHODS}, got {self.method!r}")
+        problems += self.crac.validate()
         if self.mode not in ("sparse", "dense"):
             problems.append(f"mode must be 'sparse' or 'dense', got {self.mode!r}")
         if not isinstance(self.foreground, bool):
@@ -325,6 +347,12 @@ def adopt_source(config: TrainingConfig, checkpoint: dict, path: str) -> None:
                                           source_lr=source_learning_rate(checkpoint))
     if config.reduce_lr_on_plateau is None:
         config.reduce_lr_on_plateau = False
+
+
+def resolve_affinity_channels(config: TrainingConfig) -> None:
+    """CRAC modes: one affinity-head channel per offset of the mutex watershed's edge layout."""
+    if config.method != "spoco" and not config.affinity_channels:
+        config.affinity_channels = len(edge_offsets(config.ndim, bool(config.anisotropic)))
 
 
 def resolve_defaults(config: TrainingConfig) -> None:

@@ -48,12 +48,12 @@ class ConvBlock(nn.Sequential):
 
 ARCHITECTURE_KEYS = (
     "in_channels", "out_channels", "ndim", "features", "norm", "num_groups", "anisotropic_levels",
-    "foreground",
+    "foreground", "affinity_channels",
 )
 
 #: Values of keys that older checkpoints do not store: they were written before the key existed,
 #: so their networks are what the old default built (no foreground head).
-LEGACY_ARCHITECTURE_DEFAULTS = {"foreground": False}
+LEGACY_ARCHITECTURE_DEFAULTS = {"foreground": False, "affinity_channels": 0}
 
 
 def complete_architecture(config: dict) -> dict:
@@ -157,6 +157,10 @@ class UNet(nn.Module):
         Add a second 1×1 head with one channel: the foreground logit (object vs background),
         returned after the E embedding channels. Clustering then only runs where it says
         "object" (see ``core/foreground.py``).
+    affinity_channels : int
+        CRAC: add a 1×1 head predicting one affinity logit per edge offset (0: none). It is not
+        part of :meth:`forward`'s output (so embeddings and foreground keep their channels);
+        :meth:`forward` returns it with ``with_affinities=True`` (see ``core/crac_loss.py``).
 
     Examples
     --------
@@ -175,6 +179,7 @@ class UNet(nn.Module):
         num_groups: int = 8,
         anisotropic_levels: int = 0,
         foreground: bool = False,
+        affinity_channels: int = 0,
     ):
         super().__init__()
         features = tuple(int(f) for f in features)
@@ -211,6 +216,11 @@ class UNet(nn.Module):
         if not isinstance(foreground, bool):
             raise SpocoInputError(f"UNet foreground must be True or False, got {foreground!r}.")
         self.foreground = foreground
+        if isinstance(affinity_channels, bool) or int(affinity_channels) != affinity_channels \
+                or affinity_channels < 0:
+            raise SpocoInputError(
+                f"UNet affinity_channels must be a whole number >= 0, got {affinity_channels!r}.")
+        self.affinity_channels = int(affinity_channels)
 
         block = dict(ndim=ndim, norm=norm, num_groups=self.num_groups)
         self.encoders = nn.ModuleList()
@@ -227,6 +237,8 @@ class UNet(nn.Module):
         # A separate module (not a wider head) so that a source network without it loads its
         # weights unchanged and only this head starts from scratch when fine-tuning.
         self.foreground_head = conv(features[0], 1, kernel_size=1) if foreground else None
+        self.affinity_head = (conv(features[0], self.affinity_channels, kernel_size=1)
+                              if self.affinity_channels else None)
 
     @property
     def output_channels(self) -> int:
@@ -312,8 +324,22 @@ class UNet(nn.Module):
         reflectable = all(pad < size for pad, size in zip(pads, spatial))
         return F.pad(x, flat, mode="reflect" if reflectable else "replicate")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Embed ``x`` of shape ``(B, in_channels, [Z,] Y, X)``, any spatial size ≥ 1."""
+    def forward(self, x: torch.Tensor, with_affinities: bool = False):
+        """Embed ``x`` of shape ``(B, in_channels, [Z,] Y, X)``, any spatial size ≥ 1.
+
+        With ``with_affinities`` (a keyword, so DDP passes it through): the tuple
+        ``(output, affinity logits or None)`` from the same pass through the trunk.
+        """
+        features, crop = self._decode(x)
+        output = self._heads(features, crop)
+        if not with_affinities:
+            return output
+        if self.affinity_head is None:
+            return output, None
+        return output, self.affinity_head(features)[crop]
+
+    def _decode(self, x: torch.Tensor):
+        """The last decoder's features (padded) and the crop back to ``x``'s spatial shape."""
         if x.ndim != self.ndim + 2 or x.shape[1] != self.in_channels:
             raise SpocoInputError(
                 f"UNet expects input of shape (B, {self.in_channels}, "
@@ -333,6 +359,9 @@ class UNet(nn.Module):
             x = F.interpolate(x, scale_factor=kernel, mode="nearest")
             x = decoder(torch.cat([skip, x], dim=1))
         crop = (..., *(slice(0, size) for size in spatial))
+        return x, crop
+
+    def _heads(self, x: torch.Tensor, crop) -> torch.Tensor:
         if self.foreground_head is None:
             return self.head(x)[crop]
         return torch.cat([self.head(x), self.foreground_head(x)], dim=1)[crop]

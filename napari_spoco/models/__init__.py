@@ -145,8 +145,10 @@ def resolve_checkpoint(value) -> Path:
     >>> resolve_checkpoint("ovules_2d").name
     'ovules_2d.pt'
     """
+    from napari_spoco.core.bioimageio_import import is_bioimageio_package
+
     path = Path(value).expanduser()
-    if path.is_file():
+    if path.is_file() or (path.is_dir() and is_bioimageio_package(path)):
         return path
     text = str(value)
     for info in available_models():

@@ -30,6 +30,7 @@ from .layers import (
 )
 from .narrow import WrappingLabel, fit_combos, wrap_rows
 from .notifications import notify_error
+from .suggest_panel import SuggestPanel
 
 #: Shortcuts while painting. napari's Labels layer uses M for "max + 1" (which would jump past a
 #: large background id), 1-7, E P F L Z X B - = [ ]; N and G are free in napari 0.9.
@@ -139,6 +140,9 @@ class DataWidget(QWidget):
         background_row.addWidget(self.background_spin)
         layout.addLayout(background_row)
         layout.addWidget(self.autosave)
+        # after the painting rows: the object worth painting next (core.uncertainty)
+        self.suggest = SuggestPanel(viewer, self)
+        layout.addWidget(self.suggest)
         self.summary = WrappingLabel("")
         layout.addWidget(self.summary)
         layout.addStretch()

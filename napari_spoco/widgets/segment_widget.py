@@ -170,7 +170,7 @@ class SegmentWidget(QWidget):
         if self.model_combo.itemData(index) != CHOOSE_FILE:
             return
         path, _ = QFileDialog.getOpenFileName(self, "Model", "",
-                                              "napari-spoco checkpoint (*.pt *.pth)")
+                                              "napari-spoco checkpoint or bioimage.io model (*.pt *.pth *.zip)")
         if path:
             self.add_model(path)
             self.remembered.remember_model("segment.model", self.model_combo, (CHOOSE_FILE,))

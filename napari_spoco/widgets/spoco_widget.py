@@ -44,6 +44,7 @@ class SpocoWidget(QWidget):
         self.data = DataWidget(napari_viewer)
         self.train = TrainWidget(napari_viewer, self.data)
         self.segment = SegmentWidget(napari_viewer, self.data, self.train)
+        self.data.suggest.model_provider = lambda: self.train.latest_snapshot
         self.tabs = QTabWidget()
         self.tabs.addTab(_scrolled(self.data), "Data")
         self.tabs.addTab(_scrolled(self.train), "Train")

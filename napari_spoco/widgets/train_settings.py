@@ -292,7 +292,7 @@ class TrainSettings(QWidget):
     def _on_source_chosen(self, index):
         if self.source_combo.itemData(index) == CHOOSE_FILE:
             path, _ = QFileDialog.getOpenFileName(self, "Source model", "",
-                                                  "napari-spoco checkpoint (*.pt *.pth)")
+                                                  "napari-spoco checkpoint or bioimage.io model (*.pt *.pth *.zip)")
             if path:
                 self.add_model(path)
                 self.remembered.remember_model("train.source", self.source_combo, (CHOOSE_FILE,))
@@ -364,12 +364,14 @@ class TrainSettings(QWidget):
 
     # -- the config -------------------------------------------------------------------------
 
-    def config(self, ndim: int, channel_axis, background_id, shapes=None) -> TrainingConfig:
+    def config(self, ndim: int, channel_axis, background_id, shapes=None,
+               spacings=None) -> TrainingConfig:
         """Collect the form into a validated ``TrainingConfig`` (``SpocoInputError`` if bad).
 
         ``shapes``, the spatial shapes of the training images, decide the 3D anisotropy as the
         command line does (``run_defaults.default_anisotropic``); without them the training
-        data decide it by the same rule.
+        data decide it by the same rule. ``spacings`` (the layers' spatial ``scale``) are the
+        voxel sizes that rule uses where known.
         """
         patch = parse_ints(self.patch_edit.text(), "The patch size", ndim)
         features = parse_ints(self.features_edit.text(), "The network features")
@@ -387,7 +389,7 @@ class TrainSettings(QWidget):
             ),
             mode=self.mode_combo.currentText(),
             background_id=background_id,
-            anisotropic=None if shapes is None else default_anisotropic(shapes),
+            anisotropic=None if shapes is None else default_anisotropic(shapes, spacings),
             augment=self.augment_check.isChecked(),
             patch_shape=patch,
             batch_size=self.batch_spin.value(),

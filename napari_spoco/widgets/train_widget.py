@@ -9,10 +9,12 @@ from napari.layers import Labels
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
+from napari_spoco.core.distributed import device_line
 from napari_spoco.core.errors import SpocoInputError
 from napari_spoco.core.run_defaults import smallest_shape
 
 from ._logic import progress_text
+from .export_button import ExportButton
 from .loss_plot import LossPlot
 from .narrow import WrappingLabel
 from .notifications import notify_info, notify_warning, report_error
@@ -58,6 +60,8 @@ class TrainWidget(QWidget):
         layout.addWidget(self.settings)
         layout.addLayout(buttons)
         layout.addWidget(self.push_button)
+        self.export_button = ExportButton(self)
+        layout.addWidget(self.export_button)
         layout.addWidget(self.progress)
         layout.addWidget(self.loss_plot)
         layout.addWidget(self.status)
@@ -142,7 +146,8 @@ class TrainWidget(QWidget):
         try:
             arrays, channel_axis, ndim, views = self.data.training_pairs()
             config = self.settings.config(ndim, channel_axis, self.data.background_id,
-                                          shapes=[view.spatial_shape for view in views])
+                                          shapes=[view.spatial_shape for view in views],
+                                          spacings=[view.scale for view in views])
             source = self.settings.source_path()
             save_path = self.settings.save_path()
         except SpocoInputError as err:
@@ -264,6 +269,7 @@ class TrainWidget(QWidget):
     def _on_yield(self, item):
         if isinstance(item, TrainerReady):
             self.trainer = item.trainer
+            self.status.setText(f"{self.status.text()}  Device: {device_line(self.trainer)}")
             for action in self._pending:
                 (self.trainer.pause if action == "pause" else self.trainer.stop)()
             self._pending = []

@@ -1,0 +1,90 @@
+"""Group-norm calibration cost and tiled-prediction overhead, default network, side by side.
+
+Prints, in one run on one image with the default network (``TrainingConfig()`` architecture:
+features 16,32,64,128, group norm) and the default ``predict_embeddings`` settings:
+
+* a single whole-image pass (the peer),
+* the default tiled prediction (image-wide frozen group norm, default tiles and calibration),
+* the calibration alone (``freeze_group_norm`` on the default calibration tiles) with the
+  current :func:`~napari_spoco.core.frozen_norm.group_statistics` and with the previous one
+  (two float64 copies of every activation), so the saving of the change shows as a ratio.
+
+Usage: ``python benchmarks/bench_calibration.py [SIZE] [--threads N]`` (default 1024).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from napari_spoco.core import frozen_norm
+from napari_spoco.core.prediction import predict_embeddings
+from napari_spoco.core.training_config import TrainingConfig
+from napari_spoco.core.unet import UNet
+
+
+def float64_copy_statistics(x, num_groups):
+    """The previous ``group_statistics``: two float64 copies of the activations."""
+    grouped = x.detach().reshape(x.shape[0], num_groups, -1).double()
+    mean = grouped.mean(dim=(0, 2))
+    var = (grouped - mean[None, :, None]).square().mean(dim=(0, 2))
+    return mean, var
+
+
+def best_of(function, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("size", type=int, nargs="?", default=1024)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = TrainingConfig()
+    model = UNet(1, config.out_channels, 2, features=config.features, norm=config.norm,
+                 num_groups=config.num_groups).eval()
+    rng = np.random.default_rng(0)
+    image = ndimage.gaussian_filter(rng.normal(size=(args.size, args.size)), 3).astype(np.float32)
+    tensor = torch.from_numpy(image)[None, None]
+
+    def whole():
+        with torch.inference_mode():
+            model(tensor)
+
+    regions = frozen_norm.calibration_regions(image.shape, 512, 2 ** (len(config.features) - 1))
+    calibration = torch.stack([tensor[0][(slice(None),) + r] for r in regions])
+
+    def calibrate():
+        frozen_norm.freeze_group_norm(model, calibration)
+
+    current = frozen_norm.group_statistics
+    whole_s = best_of(whole, args.repeats)
+    tiled_s = best_of(lambda: predict_embeddings(model, image, device="cpu"), args.repeats)
+    new_cal = best_of(calibrate, args.repeats)
+    frozen_norm.group_statistics = float64_copy_statistics
+    try:
+        old_cal = best_of(calibrate, args.repeats)
+    finally:
+        frozen_norm.group_statistics = current
+    print(f"image {args.size}², threads {args.threads}, {len(regions)} calibration tiles")
+    print(f"whole-image pass          {whole_s:7.2f} s  1.00x")
+    print(f"tiled (defaults)          {tiled_s:7.2f} s  {tiled_s / whole_s:5.2f}x whole-image")
+    print(f"calibration, current      {new_cal:7.2f} s  {new_cal / whole_s:5.2f}x whole-image")
+    print(f"calibration, float64 copy {old_cal:7.2f} s  {old_cal / whole_s:5.2f}x whole-image  "
+          f"(current/old {new_cal / old_cal:4.2f})")
+
+
+if __name__ == "__main__":
+    main()

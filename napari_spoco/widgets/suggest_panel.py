@@ -1,0 +1,137 @@
+"""The Data tab's "Suggest next" row: centre the view on the object worth painting next.
+
+The scoring and the choice are ``core.uncertainty`` (``uncertainty_scores``, ``suggest_next``);
+prediction and clustering run in a worker thread, the layers change on the main thread.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
+
+from napari_spoco.core.errors import SpocoInputError
+
+from .narrow import WrappingLabel
+from .notifications import report_error
+from .workers import start_function_worker
+
+#: Free in napari for Labels and Image layers (Shapes uses S for select, but the highlight is
+#: a Points layer and the annotation layer stays active).
+SUGGEST_KEY = "s"
+HIGHLIGHT_NAME = "suggested object"
+UNCERTAINTY_NAME = "uncertainty (f/g)"
+NO_MODEL = ("There is no model to suggest from yet: paint a few objects and background, train "
+            "in the Train tab (a preview or the end of training makes the model current), then "
+            "press Suggest next again.")
+
+
+def compute_suggestion(snapshot, image, channel_axis, painted, background_id):
+    """Worker: segment with f, score by f/g disagreement, pick the next object."""
+    from napari_spoco.core.uncertainty import suggest_next, uncertainty_scores
+
+    result = uncertainty_scores(snapshot, image, channel_axis=channel_axis, device="cpu")
+    suggestion = suggest_next(result.segments, result.scores, painted,
+                              background_id=background_id)
+    return result, suggestion
+
+
+class SuggestPanel(QWidget):
+    """A button (and the S key) that suggests the next object, and an uncertainty layer toggle.
+
+    ``model_provider`` returns the current ``ModelSnapshot`` or None; the dock sets it to the
+    Train tab's latest snapshot.
+    """
+
+    def __init__(self, viewer, data_widget, parent=None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.data = data_widget
+        self.model_provider = lambda: None
+        self.worker = None
+        self.last = None  # (UncertaintyResult, Suggestion, view)
+        self.button = QPushButton("Suggest next (S)")
+        self.button.setToolTip("Centre the view on the predicted object the model is least sure "
+                               "of (f and its momentum copy g disagree most) that is not painted")
+        self.show_map = QCheckBox("show uncertainty")
+        self.show_map.setToolTip("Show the per-pixel f/g disagreement (in units of δd) as a layer")
+        self.status = WrappingLabel("")
+        row = QHBoxLayout()
+        row.addWidget(self.button)
+        row.addWidget(self.show_map)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addWidget(self.status)
+        self.button.clicked.connect(lambda: self.suggest())
+        self.show_map.toggled.connect(lambda _: self._show_map())
+        viewer.bind_key(SUGGEST_KEY, lambda v: self.suggest(), overwrite=True)
+
+    def suggest(self):
+        """Start scoring the first pair's image in a worker; the view moves when it is done."""
+        if self.worker is not None:
+            return None
+        try:
+            snapshot = self.model_provider()
+            if snapshot is None:
+                raise SpocoInputError(NO_MODEL)
+            pairs = self.data.pairs()
+            view, labels = pairs[0]
+        except SpocoInputError as err:
+            report_error(self.status, err, "suggesting the next object")
+            return None
+        self.status.setText("scoring the predicted objects…")
+        painted = np.array(labels.data, copy=True)
+        self.worker = start_function_worker(
+            compute_suggestion, snapshot, view.array, view.channel_axis, painted,
+            self.data.background_id,
+            on_return=lambda out: self._on_done(out, view, labels),
+            on_error=lambda err: report_error(self.status, err, "suggesting the next object"),
+            on_finish=self._on_finish)
+        return self.worker
+
+    def _on_finish(self):
+        self.worker = None
+
+    def _on_done(self, out, view, labels):
+        result, suggestion = out
+        self.last = (result, suggestion, view)
+        self.status.setText(suggestion.reason)
+        self._show_map()
+        if suggestion.segment_id is None:
+            return
+        world = [t + c * s for t, c, s in zip(view.translate, suggestion.centre, view.scale)]
+        if len(world) == 3:  # a 3D stack: go to the object's slice
+            self.viewer.dims.set_point(self.viewer.dims.ndim - 3, world[0])
+        scene = getattr(self.viewer, "scene", None)  # napari 0.9 moved the camera there
+        camera = scene.camera if scene is not None else self.viewer.camera
+        camera.center = tuple(world[-2:]) if len(world) == 2 else tuple(world)
+        points = np.array([suggestion.centre])
+        if HIGHLIGHT_NAME in self.viewer.layers:
+            layer = self.viewer.layers[HIGHLIGHT_NAME]
+            layer.data = points
+        else:
+            from .data_widget import OUTPUT_FLAG
+
+            layer = self.viewer.add_points(points, name=HIGHLIGHT_NAME, size=12,
+                                           face_color="transparent", border_color="yellow",
+                                           scale=view.scale, translate=view.translate,
+                                           metadata={OUTPUT_FLAG: True})
+        self.viewer.layers.selection.active = labels  # keep painting in the annotations
+
+    def _show_map(self):
+        if self.last is None:
+            return
+        result, _, view = self.last
+        if UNCERTAINTY_NAME in self.viewer.layers:
+            layer = self.viewer.layers[UNCERTAINTY_NAME]
+            layer.data = result.pixel_map
+        elif self.show_map.isChecked():
+            from .data_widget import OUTPUT_FLAG
+
+            layer = self.viewer.add_image(result.pixel_map, name=UNCERTAINTY_NAME,
+                                          colormap="magma", blending="additive", opacity=0.6,
+                                          scale=view.scale, translate=view.translate,
+                                          metadata={OUTPUT_FLAG: True})
+        else:
+            return
+        layer.visible = self.show_map.isChecked()
