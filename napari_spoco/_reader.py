@@ -6,6 +6,13 @@ A checkpoint holds a network, not an image, so the reader returns napari's "noth
 sentinel ``[(None,)]`` after handing the checkpoint to the SPOCO dock widget (opening the dock
 when it is not open yet). A file that is not a napari-spoco checkpoint gives a notification that
 says so, instead of napari's generic "no reader" error.
+
+An OME-Zarr image folder (``*.zarr`` with ``multiscales`` metadata) opens as one image layer,
+lazily and with its pyramid and voxel size, plus one labels layer per listed label image. Its
+channels stay in that one layer, on the first axis where OME-Zarr puts ``c``, instead of
+napari's ``channel_axis`` split into one layer per channel: the SPOCO dock segments one image
+layer, and a multi-channel model needs all channels in it (channel mode "first axis"). The
+layer's ``metadata["channel_axis"]`` records the axis (None for one channel).
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ def get_reader(path):
         if len(path) != 1:
             return None
         path = path[0]
+    if os.path.isdir(path) and str(path).rstrip("/\\").lower().endswith(".zarr"):
+        from napari_spoco.core.ome_zarr import is_ome_group
+
+        # plain zarr stores are not ours: napari's own reader opens them
+        return read_ome_zarr if is_ome_group(path) else None
     if not os.path.isfile(path):
         return None
     if str(path).lower().endswith(SUFFIXES):
@@ -69,6 +81,66 @@ def read_checkpoint(path):
     notify_info(f"Loaded model {os.path.basename(path)}: it is now the model to fine-tune "
                 "and to segment with.")
     return [(None,)]
+
+
+def read_ome_zarr(path):
+    """Layer data tuples for an OME-Zarr image and the label images listed beside it.
+
+    Returns
+    -------
+    list of tuple
+        ``(levels, kwargs, "image")`` (channels, if any, on the axis the metadata gives, kept
+        in this one layer), then ``(levels, kwargs, "labels")`` for each label image. An
+        image that cannot be read gives a notification and ``[(None,)]``.
+    """
+    from napari_spoco.core.errors import SpocoInputError
+    from napari_spoco.widgets.notifications import notify_error
+
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    path = str(path).rstrip("/\\")
+    name = os.path.basename(path)
+    try:
+        layers = [_ome_layer(path, name, "image")]
+        layers += [_ome_layer(os.path.join(path, "labels", label), label, "labels")
+                   for label in _listed_labels(path)]
+    except SpocoInputError as err:
+        notify_error(err, f"opening {name}")
+        return [(None,)]
+    return layers
+
+
+def _ome_layer(path, name, kind):
+    from napari_spoco.core.ome_zarr import read_ome_image
+
+    image = read_ome_image(path)
+    channel_axis = image.channel_axis
+    scale = list(image.voxel_size or (1.0,) * len(image.spatial_axes))
+    if channel_axis is not None:
+        scale.insert(channel_axis, 1.0)  # channels are no distance
+    levels = image.levels
+    kwargs = {
+        "name": name,
+        "scale": tuple(scale),
+        "axis_labels": image.axes,
+        "multiscale": len(levels) > 1,
+        "metadata": {"channel_axis": channel_axis, "ome_axes": image.axes, "path": path},
+    }
+    return (levels if len(levels) > 1 else levels[0], kwargs, kind)
+
+
+def _listed_labels(path) -> list:
+    import zarr
+
+    from napari_spoco.core.ome_zarr import is_ome_group
+
+    folder = os.path.join(path, "labels")
+    if not os.path.isdir(folder):
+        return []
+    attrs = dict(zarr.open_group(folder, mode="r").attrs)
+    names = (attrs.get("ome") or {}).get("labels") or attrs.get("labels") or []
+    # a name listed but missing (removed by hand) is skipped, not a failure to open the image
+    return [n for n in names if is_ome_group(os.path.join(folder, n))]
 
 
 def _ensure_dock_widget() -> None:

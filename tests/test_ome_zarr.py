@@ -10,11 +10,17 @@ import pytest
 import tifffile
 import zarr
 
-from napari_spoco.cli import main
+from napari_spoco.cli import build_parser, main
+from napari_spoco.cli.predict import read_image, resolve_channel_axis
 from napari_spoco.core import run_defaults as rd
 from napari_spoco.core.errors import SpocoInputError
 from napari_spoco.core.io import check_output, read_array, write_array
-from napari_spoco.core.ome_zarr import read_ome_image, read_pyramid, read_voxel_size
+from napari_spoco.core.ome_zarr import (
+    channel_axis_from_metadata,
+    read_ome_image,
+    read_pyramid,
+    read_voxel_size,
+)
 from napari_spoco.core.segmentation import segmentation_settings
 from test_cli_inference import tiny_checkpoint
 
@@ -167,3 +173,160 @@ def test_voxel_size_rule():
     # one known, one guessed: every stack must be thin
     assert not rd.default_anisotropic([(12, 64, 64), (48, 64, 64)], [None, (1, 1, 1)])
     assert rd.resolve_run_settings([(48, 64, 64)], "cpu", spacings=[(4, 1, 1)]).anisotropic
+
+
+def tiny_3d_checkpoint(path, in_channels, image):
+    """A 3D network as small as ``tiny_checkpoint``'s 2D one (no training run's channel axis)."""
+    import torch
+
+    from napari_spoco.core.checkpoint import save_checkpoint
+    from napari_spoco.core.normalization import Normalization
+    from napari_spoco.core.unet import UNet
+
+    torch.manual_seed(0)
+    model = UNet(in_channels, 4, 3, features=(4, 8), norm="group", num_groups=2)
+    return save_checkpoint(path, {
+        "architecture": model.config, "model_state": model.state_dict(),
+        "momentum_state": model.state_dict(),
+        "normalization": Normalization.fit([image], 0).to_dict(),
+        "config": {"channel_axis": None, "loss": {"delta_v": 0.5, "delta_d": 2.0}},
+    })
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_the_ome_channel_axis_is_the_cli_channel_axis_without_the_option(tmp_path, version):
+    from napari_spoco.core.checkpoint import load_model
+    from napari_spoco.core.prediction import predict_from_checkpoint
+
+    image = np.random.default_rng(2).normal(100, 20, (2, 24, 20)).astype(np.float32)
+    path = ome_image(tmp_path / "two.ome.zarr", image, "cyx", fmt_version=version)
+    # the training run put channels last: without the metadata, axis -1 (x) would be guessed
+    ckpt = tiny_checkpoint(tmp_path / "m.pt", in_channels=2, channel_axis=-1,
+                           image=np.moveaxis(image, 0, -1))
+    args = build_parser().parse_args(["predict", "--checkpoint", str(ckpt), "--image",
+                                      str(path), "--out", str(tmp_path / "e.npy")])
+    loaded = load_model(str(ckpt), "cpu")
+    assert resolve_channel_axis(args, read_image(path).shape, loaded) == 0
+    args.image = str(tmp_path / "plain.npy")  # no metadata: the training run's axis, as before
+    assert resolve_channel_axis(args, image.shape, loaded) == -1
+    assert main(["predict", "--checkpoint", str(ckpt), "--image", str(path), "--out",
+                 str(tmp_path / "e.npy"), "--device", "cpu", "--no-progress"]) == 0
+    expected = predict_from_checkpoint(ckpt, image, channel_axis=0, device="cpu")
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), expected, atol=1e-6)
+    assert main(["segment", "--checkpoint", str(ckpt), "--image", str(path), "--out",
+                 str(path / "labels" / "cells"), "--device", "cpu", "--no-progress"]) == 0
+    assert read_array(path / "labels" / "cells").shape == (24, 20)
+
+
+def test_a_czyx_ome_image_predicts_with_its_channel_axis_and_refuses_another(tmp_path, capsys):
+    image = np.random.default_rng(3).normal(100, 20, (2, 8, 16, 16)).astype(np.float32)
+    path = ome_image(tmp_path / "vol.ome.zarr", image, "czyx", (1, 2.0, 0.5, 0.5))
+    ckpt = tiny_3d_checkpoint(tmp_path / "m3.pt", 2, image)
+    common = ["--checkpoint", str(ckpt), "--image", str(path), "--device", "cpu",
+              "--no-progress"]
+    # without metadata a 4-axis image for a 3D model with no trained axis needs the option
+    assert main(["predict", *common, "--out", str(tmp_path / "e.npy")]) == 0
+    assert np.load(tmp_path / "e.npy").shape == (4, 8, 16, 16)
+    assert main(["predict", *common, "--out", str(tmp_path / "f.npy"),
+                 "--channel-axis", "-4"]) == 0  # the same axis, counted from the end
+    capsys.readouterr()
+    assert main(["predict", *common, "--out", str(tmp_path / "g.npy"),
+                 "--channel-axis", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--channel-axis 1 contradicts the OME metadata" in err
+    assert "axis 1 is 'z'" in err and "its channel axis is 0 (c, 2 channels)" in err
+    assert not (tmp_path / "g.npy").exists()
+
+
+def test_channel_axis_from_metadata_names_both_axes(tmp_path):
+    one = ome_image(tmp_path / "one.ome.zarr", np.zeros((1, 8, 16), np.float32), "cyx")
+    assert channel_axis_from_metadata(one) is None  # a single channel is no channel axis
+    with pytest.raises(SpocoInputError, match="axis 0 is 'y'.*has no channel axis"):
+        channel_axis_from_metadata(one, given=0)
+    write_array(tmp_path / "p.npy", np.zeros((2, 8, 8), np.float32))
+    assert channel_axis_from_metadata(tmp_path / "p.npy", given=2) == 2  # not OME: as given
+    # NGFF lets a channel axis have any name: its type makes it the channel axis
+    named = ome_image(tmp_path / "ch.ome.zarr", np.zeros((3, 8, 16), np.float32), "cyx")
+    group = zarr.open_group(str(named), mode="r+")
+    ome = dict(group.attrs["ome"])
+    ome["multiscales"][0]["axes"][0] = {"name": "ch", "type": "channel"}
+    group.attrs["ome"] = ome
+    assert read_ome_image(named).axes == ("c", "y", "x")
+    assert channel_axis_from_metadata(named) == 0
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_adding_labels_keeps_the_list_and_other_keys(tmp_path, version):
+    path = ome_image(tmp_path / "i.ome.zarr", np.zeros((16, 12), np.float32), "yx",
+                     fmt_version=version)
+    write_array(path / "labels" / "first", np.ones((16, 12), np.uint32))
+    group = zarr.open_group(str(path / "labels"), mode="r+")
+    group.attrs["note"] = "written by another tool"
+    write_array(path / "labels" / "second", np.full((16, 12), 2, np.uint32))
+    attrs = dict(zarr.open_group(str(path / "labels"), mode="r").attrs)
+    listed = attrs["ome"]["labels"] if version == "0.5" else attrs["labels"]
+    assert listed == ["first", "second"] and attrs["note"] == "written by another tool"
+    np.testing.assert_array_equal(read_array(path / "labels" / "second"), 2)
+    assert not [p.name for p in (path / "labels").iterdir() if ".tmp" in p.name]
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_a_failed_labels_list_write_leaves_the_old_metadata_byte_identical(tmp_path, version,
+                                                                          monkeypatch):
+    from napari_spoco.core import ome_zarr
+
+    path = ome_image(tmp_path / "i.ome.zarr", np.zeros((16, 12), np.float32), "yx",
+                     fmt_version=version)
+    write_array(path / "labels" / "first", np.ones((16, 12), np.uint32))
+    metadata = path / "labels" / ("zarr.json" if version == "0.5" else ".zattrs")
+    before = metadata.read_bytes()
+    assert b"first" in before
+
+    def crash(target, text):  # half the new file written, then the disk is full
+        Path(target).write_text(text[: len(text) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ome_zarr, "_write_text", crash)
+    with pytest.raises(OSError, match="No space left"):
+        write_array(path / "labels" / "second", np.full((16, 12), 2, np.uint32))
+    assert metadata.read_bytes() == before
+    # no temporary file is left behind (the label image itself was already in place)
+    assert {p.name for p in (path / "labels").iterdir()} == {
+        metadata.name, "first", "second", "zarr.json" if version == "0.5" else ".zgroup"}
+
+
+def test_the_napari_reader_opens_an_ome_image_with_its_channels_and_labels(tmp_path):
+    from napari.layers import Image, Labels
+
+    from napari_spoco._reader import get_reader, read_ome_zarr
+
+    image = np.random.default_rng(4).random((2, 6, 32, 40), dtype=np.float32)
+    path = ome_image(tmp_path / "a.ome.zarr", image, "czyx", (1, 2.0, 0.5, 0.5))
+    write_array(path / "labels" / "cells", np.ones((6, 32, 40), np.uint32))
+    assert get_reader(str(path)) is read_ome_zarr
+    plain = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    plain.create_array("data", shape=(4, 4), dtype="f4")
+    assert get_reader(str(tmp_path / "plain.zarr")) is None  # not OME: napari's own reader
+    (data, kwargs, kind), (labels, label_kwargs, label_kind) = read_ome_zarr(str(path))
+    assert kind == "image" and label_kind == "labels"
+    assert kwargs["metadata"]["channel_axis"] == 0 and kwargs["scale"] == (1.0, 2.0, 0.5, 0.5)
+    layer = Image(data, **kwargs)  # one layer holding both channels: the dock's "first axis"
+    assert layer.multiscale and layer.data[0].shape == (2, 6, 32, 40)
+    np.testing.assert_array_equal(np.asarray(layer.data[0][1, 2]), image[1, 2])
+    labels_layer = Labels(labels, **label_kwargs)
+    assert label_kwargs["scale"] == (2.0, 0.5, 0.5) and labels_layer.data.shape == (6, 32, 40)
+
+
+def test_training_images_share_the_channel_axis_of_their_metadata(tmp_path):
+    from napari_spoco.core.ome_zarr import common_channel_axis
+
+    two = ome_image(tmp_path / "two.ome.zarr", np.zeros((2, 8, 16), np.float32), "cyx")
+    again = ome_image(tmp_path / "again.ome.zarr", np.zeros((2, 12, 8), np.float32), "cyx")
+    gray = ome_image(tmp_path / "gray.ome.zarr", np.zeros((12, 8), np.float32), "yx")
+    plain = write_array(tmp_path / "p.npy", np.zeros((8, 8, 2), np.float32))
+    assert common_channel_axis([two, again]) == 0
+    assert common_channel_axis([plain], given=-1) == -1 and common_channel_axis([plain]) is None
+    with pytest.raises(SpocoInputError, match="different axes.*two.ome.zarr.*0.*gray.*none"):
+        common_channel_axis([two, gray])
+    with pytest.raises(SpocoInputError, match="--channel-axis 2 contradicts"):
+        common_channel_axis([two, again], given=2)

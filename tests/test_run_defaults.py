@@ -295,3 +295,43 @@ def test_cli_and_train_tab_decide_anisotropy_alike_from_the_voxel_size(qtbot, tm
                      metadata={"spacing": voxel_size[0], "axes": "ZYX"})
     args = argparse.Namespace(voxel_size=None, image=[str(path)])
     assert rd.default_anisotropic([shape], voxel_sizes(args, [shape])) == expected
+
+
+@pytest.mark.parametrize("scale, expected", [((3.0, 1.0, 1.0), True), ((1.0, 1.0, 1.0), False)])
+def test_segment_tab_and_cli_decide_mws_anisotropy_alike_from_the_voxel_size(
+        tmp_path, monkeypatch, scale, expected):
+    """The Segment tab passes the layer scale where the CLI passes --voxel-size."""
+    import threading
+
+    from training_support import tiny
+
+    from napari_spoco.cli import segment as cli_segment
+    from napari_spoco.core import segmentation
+    from napari_spoco.core.checkpoint import load_model
+    from napari_spoco.widgets.workers import Progress, predict_and_segment
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(8, 24, 24)).astype(np.float32)
+    labels = np.zeros(image.shape, np.uint32)
+    labels[2:6, 4:12, 4:12] = 1
+    config = tiny(patch_shape=(8, 16, 16), iterations=0, anisotropic=False,
+                  autosave_seconds=None)
+    path = Trainer([(image, labels)], config).save(tmp_path / "m.pt")
+    loaded = load_model(path, "cpu")
+    decided = []
+    original = segmentation.settings_for
+
+    def spy(*args, **kwargs):
+        decided.append(original(*args, **kwargs))
+        return decided[-1]
+
+    monkeypatch.setattr(segmentation, "settings_for", spy)
+    predict_and_segment(lambda: (loaded.model, loaded.normalization, loaded), image, None,
+                        "cpu", "mws", {}, Progress(), threading.Event(), spacing=scale)
+    args = argparse.Namespace(merge=None, delta_v=None, delta_d=None, min_size=None,
+                              fill=None, foreground=None, foreground_threshold=None,
+                              method="mws", seed=0, voxel_size=list(scale), image=None,
+                              **{dest: None for dest, _, _ in cli_segment.METHOD_OPTIONS})
+    cli = cli_segment.settings_from_args(args, loaded, 3)
+    assert decided and all(gui == cli for gui in decided)
+    assert cli.params.get("anisotropic", False) is expected

@@ -64,20 +64,40 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="also write the foreground probability ([Z,] Y, X) float32, for "
                              "models with a foreground head")
     add_tiling_arguments(parser)
+    from .blockwise import add_blockwise_arguments
+
+    add_blockwise_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
 
 def resolve_channel_axis(args, image_shape: tuple[int, ...], loaded) -> int | None:
-    """The ``--channel-axis`` given, else none or the training run's, by dimensionality."""
+    """The image's channel axis: an OME-Zarr ``--image``'s ``c`` axis, else ``--channel-axis``,
+    else none or the training run's, by dimensionality.
+
+    For an OME-Zarr image the metadata decides: a ``--channel-axis`` that names another axis is
+    refused (``SpocoInputError`` naming both), and the training run's axis is never guessed.
+    """
     from napari_spoco.core.errors import SpocoInputError
+    from napari_spoco.core.ome_zarr import channel_axis_from_metadata, is_ome_group
     from napari_spoco.core.validation import check_channel_axis
 
     image_ndim = len(image_shape)
+    ndim = int(loaded.architecture.get("ndim", image_ndim))
+    path = getattr(args, "image", None)
+    if isinstance(path, (str, Path)) and Path(path).exists() and is_ome_group(path):
+        axis = channel_axis_from_metadata(path, args.channel_axis)
+        spatial = image_ndim - (axis is not None)
+        if "ndim" in loaded.architecture and spatial != ndim:
+            raise SpocoInputError(
+                f"The OME-Zarr image {str(path)!r} has {spatial} spatial axes "
+                f"({'with' if axis is not None else 'without'} a channel axis, by its "
+                f"metadata) but the model is {ndim}D; give an image the model was made for."
+            )
+        return axis
     if args.channel_axis is not None:
         check_channel_axis(tuple(image_shape), args.channel_axis)
         return args.channel_axis
-    ndim = int(loaded.architecture.get("ndim", image_ndim))
     if image_ndim == ndim:
         return None
     trained_axis = loaded.config.get("channel_axis")
@@ -137,7 +157,12 @@ def progress_bar(description: str, disable: bool = False):
 
 def read_image(path):
     """Read an image; zarr (OME-Zarr: level 0) and tif stay lazy, so that prediction reads
-    them tile by tile."""
+    them tile by tile.
+
+    An OME-Zarr image keeps a channel axis of more than one channel where its metadata puts
+    it (``c``, first after a dropped singleton ``t``); ``resolve_channel_axis`` reads the
+    metadata again from ``args.image`` to use it.
+    """
     from napari_spoco.core.io import read_array
 
     return read_array(path, lazy=Path(path).suffix.lower() in (".zarr", ".tif", ".tiff"))
@@ -213,7 +238,16 @@ def predict_to(args, loaded, image, out_path, momentum: bool = False):
 
 def run(args) -> int:
     """Run ``napari-spoco predict``."""
+    from .blockwise import check_blockwise_options, run_blockwise
+
     resolve_checkpoint_option(args)
+    check_blockwise_options(args, [("--out", args.out), ("--foreground", args.foreground)])
+    if args.blockwise and (args.pca or args.momentum):
+        from napari_spoco.core.errors import SpocoInputError
+
+        raise SpocoInputError("--blockwise writes the embeddings of f (and --foreground) only; "
+                              "write the PCA view from the .zarr afterwards, without --pca "
+                              "and --momentum.")
     check_outputs([("--out", args.out), ("--pca", args.pca), ("--foreground", args.foreground)],
                   [("--checkpoint", args.checkpoint), ("--image", args.image)], args.overwrite)
     # torch comes with these: imported only once the outputs are known to be writable
@@ -222,6 +256,15 @@ def run(args) -> int:
 
     loaded = load_model(args.checkpoint, args.device)
     image = read_image(args.image)
+    if args.blockwise:
+        has_head = bool(getattr(loaded.model, "foreground", False))
+        if args.foreground and not has_head:
+            print("the model has no foreground head: no foreground written", file=sys.stderr)
+        result = run_blockwise(args, loaded, image, None, embeddings_out=args.out,
+                               foreground_out=args.foreground if has_head else None)
+        print(f"wrote embeddings of {result['grid'].shape} to {args.out} "
+              f"({len(result['grid'].indices())} blocks of {result['grid'].block})")
+        return 0
     embeddings, foreground = predict_to(args, loaded, image, args.out, args.momentum)
     print(f"wrote embeddings {tuple(embeddings.shape)} to {args.out}")
     if args.foreground:

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 
+from .blockwise import add_blockwise_arguments, check_blockwise_options, run_blockwise
 from .predict import (
     CHECKPOINT_HELP,
     add_tiling_arguments,
@@ -14,6 +15,7 @@ from .predict import (
     predict_to,
     progress_bar,
     read_image,
+    resolve_channel_axis,
     resolve_checkpoint_option,
 )
 
@@ -103,6 +105,7 @@ def add_parser(subparsers):
                          help="hdbscan/meanshift/consistency: pixels clustered before the rest "
                               "are assigned to the nearest cluster")
     add_tiling_arguments(parser)
+    add_blockwise_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -219,10 +222,24 @@ def check_options(args) -> None:
     check_clustering_params(args.method, delta_v=args.delta_v, delta_d=args.delta_d,
                             foreground_threshold=args.foreground_threshold,
                             **method_params(args))
+    check_blockwise_options(args, [("--out", args.out)])
+    if args.blockwise:
+        _check_blockwise_sources(args)
     check_outputs([("--out", args.out)], [
         ("--checkpoint", args.checkpoint), ("--image", args.image),
         ("--embeddings", args.embeddings), ("--embeddings-g", args.embeddings_g),
         ("--mask", args.mask)], args.overwrite)
+
+
+def _check_blockwise_sources(args) -> None:
+    from napari_spoco.core.errors import SpocoInputError
+
+    if args.embeddings is not None or args.embeddings_g is not None or args.mask is not None:
+        raise SpocoInputError("--blockwise predicts and segments each block from --checkpoint "
+                              "and --image; it takes no --embeddings, --embeddings-g or --mask.")
+    if args.method == "consistency":
+        raise SpocoInputError("--method consistency needs g's embeddings of the whole image and "
+                              "does not run --blockwise; use mws (the default).")
 
 
 def run(args) -> int:
@@ -235,6 +252,18 @@ def run(args) -> int:
 
     loaded = load_model(args.checkpoint, args.device) if args.checkpoint else None
     image = read_image(args.image) if args.image else None
+    if args.blockwise:
+        from napari_spoco.core.prediction import model_ndim
+
+        channel_axis = resolve_channel_axis(args, tuple(image.shape), loaded)
+        ndim = model_ndim(loaded.model, len(image.shape), channel_axis)
+        settings = settings_from_args(args, loaded, ndim)
+        for note in settings.notes:
+            print(f"note: {note}", file=sys.stderr)
+        result = run_blockwise(args, loaded, image, settings, labels_out=args.out)
+        print(f"wrote {result['segments']} segments {result['grid'].shape} to {args.out} "
+              f"({len(result['grid'].indices())} blocks of {result['grid'].block})")
+        return 0
     foreground = None
     if args.embeddings is not None:
         embeddings = read_array(args.embeddings)

@@ -59,7 +59,8 @@ def read_array(path: str | os.PathLike, lazy: bool = False):
     ----------
     path : str or PathLike
         The file (or zarr directory) to read. A zarr group must be an OME-Zarr image (its
-        level 0 is read, singleton t and c axes dropped; see ``core.ome_zarr``), hold a single
+        level 0 is read, singleton t and c axes dropped, more channels kept where the metadata
+        puts them: ``core.ome_zarr.channel_axis_from_metadata``), hold a single
         array or an array named ``"data"``; an array inside a store can be given as
         ``store.zarr/name``.
     lazy : bool

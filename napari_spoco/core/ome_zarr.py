@@ -4,11 +4,15 @@
 and ``io.write_array`` writes into ``<image>.ome.zarr/labels/<name>`` through
 :func:`write_ome_labels`. Singleton ``t`` and ``c`` axes are dropped (napari-spoco segments one
 time point; one channel is no channel axis), so a ``(1, 1, Z, Y, X)`` image reads as
-``(Z, Y, X)``. Adding labels never touches the image's arrays or its attributes.
+``(Z, Y, X)``. More channels stay on the axis the metadata names ``c`` (or types
+``"channel"``), and that axis is the channel axis (:func:`channel_axis_from_metadata`), so the
+command line needs no ``--channel-axis`` for them. Adding labels never touches the image's
+arrays or its attributes, and the ``labels`` group's list is replaced atomically.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -49,7 +53,8 @@ class OmeImage:
 
     @property
     def channel_axis(self) -> int | None:
-        """Index of the channel axis in each level, None without one."""
+        """Index of the channel axis (type ``"channel"`` or name ``c``) in each level, None
+        without one; a single channel is dropped on reading, so it gives None too."""
         return self.axes.index("c") if "c" in self.axes else None
 
     @property
@@ -168,10 +173,98 @@ def read_ome_image(path) -> OmeImage:
                     int(group.metadata.zarr_format))
 
 
+def channel_axis_from_metadata(path, given=None, option: str = "--channel-axis") -> int | None:
+    """The channel axis of the image at ``path`` as its OME metadata gives it.
+
+    The axis is counted in the array ``io.read_array`` returns (singleton t and c dropped), so
+    a ``(2, Z, Y, X)`` ``czyx`` image gives 0 and a single-channel one None.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The image file; for anything but an OME-Zarr image ``given`` is returned unchanged.
+    given : int or None
+        The channel axis the user gave (negative allowed), checked against the metadata.
+    option : str
+        How the user gave it, for the message.
+
+    Returns
+    -------
+    int or None
+        ``given`` when it agrees with the metadata, else the metadata's channel axis.
+
+    Raises
+    ------
+    SpocoInputError
+        ``given`` names another axis than the metadata's channel axis.
+
+    Examples
+    --------
+    >>> import tempfile, os, zarr
+    >>> from ome_zarr.writer import write_image
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.ome.zarr")
+    >>> _ = write_image(np.zeros((2, 8, 8), np.float32), zarr.open_group(path, mode="w"),
+    ...                 axes="cyx", scale_factors=())
+    >>> channel_axis_from_metadata(path), channel_axis_from_metadata(path, given=-3)
+    (0, -3)
+    """
+    from .validation import check_channel_axis
+
+    if path is None or not Path(path).exists() or not is_ome_group(path):
+        return given
+    image = read_ome_image(path)
+    axis = image.channel_axis
+    if given is None:
+        return axis
+    shape = tuple(image.levels[0].shape)
+    check_channel_axis(shape, given)
+    if axis is not None and given % len(shape) == axis:
+        return given
+    where = (f"its channel axis is {axis} (c, {shape[axis]} channels)" if axis is not None
+             else "it has no channel axis (one channel or none)")
+    named = image.axes[given % len(shape)]
+    raise SpocoInputError(
+        f"{option} {given} contradicts the OME metadata of {str(path)!r}: its axes are "
+        f"{''.join(image.axes)} (shape {shape}), so axis {given} is {named!r}, and {where}. "
+        f"Drop {option} to use the metadata's channel axis, or fix the image's 'axes' metadata."
+    )
+
+
+def common_channel_axis(paths, given=None, option: str = "--channel-axis") -> int | None:
+    """The one channel axis of several images (training takes one for all), by metadata.
+
+    Each OME-Zarr image among ``paths`` is checked with :func:`channel_axis_from_metadata`;
+    ``given`` wins when it agrees with all of them, else their common channel axis is
+    returned (``given``, possibly None, when none is an OME-Zarr image).
+
+    Raises
+    ------
+    SpocoInputError
+        ``given`` contradicts an image's metadata, or two OME-Zarr images put their channels
+        differently (or one has channels and the other none).
+    """
+    found = {}
+    for path in paths:
+        if path is not None and Path(path).exists() and is_ome_group(path):
+            found[str(path)] = channel_axis_from_metadata(path, given, option)
+    if given is not None or not found:
+        return given
+    if len(set(found.values())) > 1:
+        listed = ", ".join(f"{p!r}: {'none' if a is None else a}" for p, a in found.items())
+        raise SpocoInputError(
+            f"The OME-Zarr images put their channels on different axes ({listed}); training "
+            "uses one channel axis for all images. Give images with the same channels."
+        )
+    return next(iter(found.values()))
+
+
 def _axis_name(axis, path) -> str:
     name = axis.get("name") if isinstance(axis, dict) else axis
     name = str(name).lower()
     kind = axis.get("type") if isinstance(axis, dict) else None
+    if kind == "channel" and name not in KNOWN_AXES:
+        # NGFF lets the channel axis have any name ("ch", "channel"); its type says what it is
+        name = "c"
     if name not in KNOWN_AXES or (kind is not None and kind != KNOWN_AXES[name]):
         raise SpocoInputError(
             f"OME-Zarr {str(path)!r} has an axis {name!r} of type {kind!r}; napari-spoco reads "
@@ -242,16 +335,48 @@ def write_ome_labels(path, labels) -> Path:
 
 
 def _list_label(image_path: Path, name: str, zarr_format: int) -> None:
+    """Add ``name`` to the ``labels`` group's list, replacing its metadata file atomically.
+
+    The new metadata (``zarr.json`` for zarr v3, ``.zattrs`` for v2) is written to a temporary
+    file in the same folder and renamed over the old one, so a crash or a full disk leaves the
+    old list intact instead of a truncated JSON file that would hide every label image. Every
+    other key of the metadata is kept; names already listed keep their order.
+    """
     import zarr
 
-    group = zarr.open_group(str(image_path / "labels"), mode="a", zarr_format=zarr_format)
-    attrs = dict(group.attrs)
+    folder = image_path / "labels"
+    metadata = folder / ("zarr.json" if zarr_format == 3 else ".zattrs")
+    if not (folder / ("zarr.json" if zarr_format == 3 else ".zgroup")).exists():
+        zarr.open_group(str(folder), mode="a", zarr_format=zarr_format)  # a new, empty group
+    document = json.loads(metadata.read_text()) if metadata.exists() else {}
     if zarr_format == 3:
-        ome = dict(attrs.get("ome") or {"version": "0.5"})
-        ome["labels"] = sorted(set(ome.get("labels") or []) | {name})
-        group.attrs["ome"] = ome
+        attrs = document.setdefault("attributes", {})
+        ome = attrs.setdefault("ome", {"version": "0.5"})
     else:
-        group.attrs["labels"] = sorted(set(attrs.get("labels") or []) | {name})
+        ome = document
+    listed = list(ome.get("labels") or [])
+    if name in listed:
+        return
+    ome["labels"] = listed + [name]
+    _replace_json(metadata, document)
+
+
+def _replace_json(path: Path, document: dict) -> None:
+    """Write ``document`` to ``path`` through a temporary file renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        _write_text(tmp, json.dumps(document, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())  # on disk before the rename makes it the metadata
 
 
 def read_voxel_size(path) -> tuple | None:

@@ -171,7 +171,8 @@ def compute_preview(trainer, request: PreviewRequest, method: str = "mws") -> Pr
     )
     shown = embeddings[(slice(None), *request.shown)]
     shown_foreground = None if foreground is None else foreground[tuple(request.shown)]
-    pca, instances = project_and_segment(shown, shown_foreground, trainer, method)
+    pca, instances = project_and_segment(shown, shown_foreground, trainer, method,
+                                         spacing=request.scale)
     return PreviewResult(
         request=request,
         pca=pca,
@@ -182,14 +183,23 @@ def compute_preview(trainer, request: PreviewRequest, method: str = "mws") -> Pr
     )
 
 
+def segmented_spacing(spatial, spacing):
+    """The voxel size of what is clustered: None once length-1 axes are squeezed away."""
+    if spacing is None or any(s == 1 for s in spatial) or len(spacing) != len(spatial):
+        return None
+    return tuple(float(s) for s in spacing)
+
+
 def project_and_segment(embeddings: np.ndarray, foreground, model_source, method: str = "mws",
-                        project=True, **params):
+                        project=True, spacing=None, **params):
     """PCA colours (None unless ``project``) and instance labels of ``(E, *spatial)`` embeddings.
 
     Length-1 axes (the hidden axes of a preview) are squeezed for clustering, so a 2D slice of
     a 3D stack is segmented with 2D neighbourhoods, and restored afterwards. The clustering
     settings are ``core.segmentation.settings_for(model_source)`` (a Trainer, a checkpoint or a
     snapshot) with the user's choices ``params``: the command line decides the same way.
+    ``spacing`` is the image layer's scale of the spatial axes (it decides the 3D anisotropy,
+    as ``--voxel-size`` does on the command line); a squeezed 2D slice needs none.
     """
     from napari_spoco.core.pca import EmbeddingPCA
     from napari_spoco.core.segmentation import foreground_kwargs, settings_for
@@ -202,7 +212,8 @@ def project_and_segment(embeddings: np.ndarray, foreground, model_source, method
     pca = None
     if project:
         pca = EmbeddingPCA().fit_transform(squeezed, seed=0).reshape(*spatial, 3)
-    settings = settings_for(model_source, method=method, ndim=len(kept), **params)
+    settings = settings_for(model_source, method=method, ndim=len(kept),
+                            spacing=segmented_spacing(spatial, spacing), **params)
     if foreground is not None:
         foreground = np.asarray(foreground).reshape(kept)
     kwargs = settings.segment_kwargs()

@@ -239,7 +239,7 @@ class SegmentWidget(QWidget):
             predict_and_segment, load, view.array, view.channel_axis,
             self.device_combo.currentText(), method, params, self._progress, self._cancel,
             on_return=lambda result: self._on_predicted(result, view, model_key),
-            on_error=self._on_error, on_finish=self._on_finish,
+            on_error=self._on_error, on_finish=self._on_finish, spacing=view.scale,
         )
         self._timer.start()
         self._update_buttons()
@@ -282,7 +282,7 @@ class SegmentWidget(QWidget):
         self.status.setText(f"clustering with {method}…")
         self.worker = start_function_worker(
             recluster, cache["embeddings"], cache["foreground"], cache["source"], method, params,
-            on_return=lambda result: self._on_reclustered(result, cache),
+            spacing=cache["view"].scale, on_return=lambda result: self._on_reclustered(result, cache),
             on_error=self._on_error, on_finish=self._on_finish,
         )
         self._update_buttons()

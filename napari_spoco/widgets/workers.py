@@ -133,7 +133,7 @@ class Progress:
 
 
 def predict_and_segment(load_model, image, channel_axis, device, method, params,
-                        progress: Progress, cancel: threading.Event):
+                        progress: Progress, cancel: threading.Event, spacing=None):
     """Predict embeddings tile by tile, then project and cluster them (in a worker).
 
     Parameters
@@ -146,6 +146,8 @@ def predict_and_segment(load_model, image, channel_axis, device, method, params,
         Updated after every batch of tiles.
     cancel : threading.Event
         Set by the Cancel button; prediction stops before its next batch.
+    spacing : tuple of float, optional
+        The image layer's spatial scale: decides the 3D anisotropy of the clustering.
 
     Returns
     -------
@@ -167,25 +169,26 @@ def predict_and_segment(load_model, image, channel_axis, device, method, params,
         model, image, normalization, channel_axis=channel_axis, device=device,
         progress=report, cancel=cancel,
     )
-    pca, instances = project_and_segment(embeddings, foreground, source, method, **params)
+    pca, instances = project_and_segment(embeddings, foreground, source, method,
+                                         spacing=spacing, **params)
     return {
         "embeddings": embeddings,
         "foreground": foreground,
         "pca": pca,
         "instances": instances,
         "source": source,
-        "notes": settings_for(source, method=method, **params).notes,
+        "notes": settings_for(source, method=method, spacing=spacing, **params).notes,
         "seconds": time.perf_counter() - start,
     }
 
 
-def recluster(embeddings, foreground, source, method, params):
+def recluster(embeddings, foreground, source, method, params, spacing=None):
     """Cluster cached embeddings again with another method or parameters (in a worker)."""
     from .preview import project_and_segment
 
     start = time.perf_counter()
     _, instances = project_and_segment(embeddings, foreground, source, method, project=False,
-                                       **params)
+                                       spacing=spacing, **params)
     return {"instances": instances, "seconds": time.perf_counter() - start}
 
 
