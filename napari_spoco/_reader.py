@@ -8,7 +8,8 @@ when it is not open yet). A file that is not a napari-spoco checkpoint gives a n
 says so, instead of napari's generic "no reader" error.
 
 An OME-Zarr image folder (``*.zarr`` with ``multiscales`` metadata) opens as one image layer,
-lazily and with its pyramid and voxel size, plus one labels layer per listed label image. Its
+lazily and with its pyramid and voxel size, plus one labels layer per listed label image
+(its level 0 read into memory, so it can be painted and autosaved). Its
 channels stay in that one layer, on the first axis where OME-Zarr puts ``c``, instead of
 napari's ``channel_axis`` split into one layer per channel: the SPOCO dock segments one image
 layer, and a multi-channel model needs all channels in it (channel mode "first axis"). The
@@ -90,8 +91,9 @@ def read_ome_zarr(path):
     -------
     list of tuple
         ``(levels, kwargs, "image")`` (channels, if any, on the axis the metadata gives, kept
-        in this one layer), then ``(levels, kwargs, "labels")`` for each label image. An
-        image that cannot be read gives a notification and ``[(None,)]``.
+        in this one layer), then ``(array, kwargs, "labels")`` for each label image (level 0,
+        in memory: napari paints no pyramid). An image that cannot be read gives a
+        notification and ``[(None,)]``.
     """
     from napari_spoco.core.errors import SpocoInputError
     from napari_spoco.widgets.notifications import notify_error
@@ -111,6 +113,8 @@ def read_ome_zarr(path):
 
 
 def _ome_layer(path, name, kind):
+    import numpy as np
+
     from napari_spoco.core.ome_zarr import read_ome_image
 
     image = read_ome_image(path)
@@ -119,6 +123,10 @@ def _ome_layer(path, name, kind):
     if channel_axis is not None:
         scale.insert(channel_axis, 1.0)  # channels are no distance
     levels = image.levels
+    if kind == "labels":
+        # Labels are for painting (and autosave, training): napari paints neither a pyramid
+        # nor the read-only store, so level 0 is read into memory and the rest left out.
+        levels = [np.asarray(levels[0])]
     kwargs = {
         "name": name,
         "scale": tuple(scale),
@@ -126,6 +134,9 @@ def _ome_layer(path, name, kind):
         "multiscale": len(levels) > 1,
         "metadata": {"channel_axis": channel_axis, "ome_axes": image.axes, "path": path},
     }
+    if kind == "image":
+        # x is never colour in OME-Zarr: napari would guess RGB for a width of 3 or 4
+        kwargs["rgb"] = False
     return (levels if len(levels) > 1 else levels[0], kwargs, kind)
 
 

@@ -195,3 +195,27 @@ def _tiny_checkpoint(path, image):
         "config": {"channel_axis": None, "loss": {"delta_v": 0.5, "delta_d": 2.0}},
     })
     return model
+
+
+def test_blockwise_labels_go_beside_an_ome_zarr_image(tmp_path):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    from ome_zarr.writer import write_image
+
+    image = make_tissue((64, 80), seed=4)[0]
+    group = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w", zarr_format=2)
+    write_image(image, group, axes="yx", scale_factors=(),
+                coordinate_transformations=[[{"type": "scale", "scale": [0.5, 0.5]}]])
+    _tiny_checkpoint(tmp_path / "m.pt", image)
+    out = tmp_path / "img.ome.zarr" / "labels" / "blocks"
+    common = ["segment", "--checkpoint", str(tmp_path / "m.pt"),
+              "--image", str(tmp_path / "img.ome.zarr"), "--device", "cpu", "--no-progress"]
+    assert main([*common, "--out", str(out), "--blockwise", "--block-shape", "32",
+                 "--scheduler", "synchronous"]) == 0
+    assert main([*common, "--out", str(tmp_path / "b.zarr"), "--blockwise",
+                 "--block-shape", "32", "--scheduler", "synchronous"]) == 0
+    label_nodes = [n for n in Reader(parse_url(str(out)))() if n.zarr.path.endswith("blocks")]
+    np.testing.assert_array_equal(np.asarray(label_nodes[0].data[0]),
+                                  zarr.open_array(str(tmp_path / "b.zarr"))[...])
+    assert sorted(p.name for p in (tmp_path / "img.ome.zarr").iterdir()) == [
+        ".zattrs", ".zgroup", "labels", "s0"]  # no scratch left beside the image

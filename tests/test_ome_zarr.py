@@ -330,3 +330,68 @@ def test_training_images_share_the_channel_axis_of_their_metadata(tmp_path):
         common_channel_axis([two, gray])
     with pytest.raises(SpocoInputError, match="--channel-axis 2 contradicts"):
         common_channel_axis([two, again], given=2)
+
+
+def test_training_on_a_cyx_ome_image_takes_its_channel_axis(tmp_path, capsys):
+    from napari_spoco.core.checkpoint import load_checkpoint, load_model
+
+    rng = np.random.default_rng(6)
+    labels = np.zeros((40, 40), np.uint16)
+    labels[4:14, 4:14], labels[20:30, 20:30] = 1, 2
+    image = rng.normal(100, 10, (2, 40, 40)).astype(np.float32)
+    image[1] += 50 * (labels > 0)  # the second channel shows the objects
+    path = ome_image(tmp_path / "two.ome.zarr", image, "cyx")
+    write_array(tmp_path / "labels.npy", labels)
+    common = ["train", "--image", str(path), "--labels", str(tmp_path / "labels.npy"),
+              "--features", "8", "16", "--batch-size", "1", "--patch-shape", "32", "32",
+              "--device", "cpu", "--no-progress"]
+    # without --channel-axis a (2, 40, 40) array would train as a 3D volume of 2 slices
+    assert main([*common, "--iterations", "2", "--out", str(tmp_path / "m.pt")]) == 0
+    saved = load_checkpoint(tmp_path / "m.pt")
+    assert saved["config"]["channel_axis"] == 0 and saved["iteration"] == 2
+    assert saved["architecture"]["in_channels"] == 2 and saved["architecture"]["ndim"] == 2
+    loaded = load_model(tmp_path / "m.pt", "cpu")
+    assert loaded.config["channel_axis"] == 0
+    # the same axis counted from the end agrees with the metadata; resuming keeps it
+    assert main([*common, "--iterations", "2", "--channel-axis", "-3", "--out",
+                 str(tmp_path / "n.pt")]) == 0
+    assert main(["train", "--resume", str(tmp_path / "m.pt"), "--image", str(path),
+                 "--labels", str(tmp_path / "labels.npy"), "--iterations", "3",
+                 "--device", "cpu", "--no-progress"]) == 0
+    assert load_checkpoint(tmp_path / "m.pt")["iteration"] == 3
+    capsys.readouterr()
+    # a --channel-axis naming a spatial axis contradicts the metadata: refused, nothing written
+    assert main([*common, "--iterations", "2", "--channel-axis", "2", "--out",
+                 str(tmp_path / "bad.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "--channel-axis 2 contradicts the OME metadata" in err and "axis 2 is 'x'" in err
+    assert not (tmp_path / "bad.pt").exists()
+
+
+def test_the_manifest_offers_the_reader_for_ome_zarr_folders_only(tmp_path):
+    import npe2
+    from npe2 import PluginManager, PluginManifest
+
+    import napari_spoco
+
+    manifest = PluginManifest.from_file(Path(napari_spoco.__file__).parent / "napari.yaml")
+    reader = manifest.contributions.readers[0]
+    assert reader.accepts_directories and "*.zarr" in reader.filename_patterns
+    manager = PluginManager()
+    manager.register(manifest)
+    image = np.random.default_rng(7).random((2, 16, 12), dtype=np.float32)
+    path = ome_image(tmp_path / "a.ome.zarr", image, "cyx")
+    # npe2 offers every reader that accepts directories for a folder: ours is among them
+    assert [r.command for r in manager.iter_compatible_readers([str(path)])] == [
+        "napari-spoco.get_reader"]
+    # and reading through npe2 as napari does (the installed plugins, this manifest among them)
+    # gives the one image layer, channels first
+    PluginManager.instance().discover()
+    (data, kwargs, kind), = npe2.read([str(path)], stack=False, plugin_name="napari-spoco")
+    assert kind == "image" and kwargs["metadata"]["channel_axis"] == 0
+    np.testing.assert_array_equal(np.asarray(data[0]), image)
+    # a plain zarr folder is not claimed: napari goes on to its other readers
+    plain = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    plain.create_array("data", shape=(4, 4), dtype="f4")
+    with pytest.raises(ValueError):
+        npe2.read([str(tmp_path / "plain.zarr")], stack=False, plugin_name="napari-spoco")

@@ -150,3 +150,42 @@ def test_painted_count_follows_undo_and_redo(spoco, qtbot):
     qtbot.waitUntil(lambda: count.text() == "1 object painted", timeout=3000)
     labels.redo()
     qtbot.waitUntil(lambda: count.text() == "2 objects painted", timeout=3000)
+
+
+def test_an_ome_zarr_image_with_channels_is_read_channels_first(spoco, tmp_path):
+    import zarr
+    from ome_zarr.writer import write_image
+
+    from napari_spoco.core.io import write_array
+    from napari_spoco.widgets.layers import channel_mode_for, image_view
+
+    viewer, widget = spoco
+    data = widget.data
+    image = np.random.default_rng(5).random((2, 40, 30), dtype=np.float32)
+    path = tmp_path / "two.ome.zarr"
+    write_image(image, zarr.open_group(str(path), mode="w"), axes="cyx", scale_factors=(2,))
+    write_array(path / "labels" / "cells", np.zeros((40, 30), np.uint32))
+    # a plain 3-axis image first: nothing says its first axis holds channels
+    viewer.add_image(np.zeros((3, 40, 30), np.float32), name="stack")
+    assert data.channel_combo.currentText() == "none"
+    viewer.layers.clear()
+    # through the manifest and the reader, as dropping the folder onto napari opens it
+    layers = viewer.open(str(path), plugin="napari-spoco")
+    layer = viewer.layers["two.ome.zarr"]
+    assert [lyr.name for lyr in layers] == ["two.ome.zarr", "cells"]
+    assert layer.metadata["channel_axis"] == 0 and layer.multiscale and not layer.rgb
+    assert data.rows[0].image_layer() is layer
+    assert data.channel_combo.currentText() == "first axis" == channel_mode_for(layer)
+    view = image_view(layer, data.channel_combo.currentText())
+    assert view.channel_axis == 0 and view.spatial_shape == (40, 30)
+    np.testing.assert_array_equal(np.asarray(view.array[1]), image[1])
+    # the label image beside it fits the image's spatial shape, so it is paired; it is one
+    # level in memory (ome-zarr writes labels as a pyramid), so painting and autosave work
+    labels = viewer.layers["cells"]
+    assert data.rows[0].labels_layer() is labels and not labels.multiscale
+    labels.data_setitem((np.array([3, 4]), np.array([5, 6])), 1)
+    assert data.update_counts() == [1]
+    arrays, channel_axis, ndim, _ = data.training_pairs()
+    assert channel_axis == 0 and ndim == 2 and arrays[0][1][3, 5] == 1
+    # an image to segment that is no training image gets the same mode in the Segment tab
+    assert widget.segment._channel_mode(layer) == "first axis"

@@ -378,8 +378,14 @@ def _train(args, context) -> int:
         if context.is_main:
             print(text, file=sys.stderr, flush=True)
 
+    from napari_spoco.core.ome_zarr import common_channel_axis
+
     resolve_source(args)  # before check_out: a shipped model is an input too
     out = check_out(args)
+    # An OME-Zarr image names its channel axis: it is the run's without --channel-axis, and
+    # a --channel-axis naming another axis is refused before anything is read or trained.
+    # Resolved before the resume check, so a resumed run is checked against the metadata too.
+    args.channel_axis = common_channel_axis(args.image, args.channel_axis)
     if args.resume is not None:
         check_resume_options(args)
     pairs = read_pairs(args)

@@ -52,6 +52,10 @@ from .errors import SpocoInputError
 #: of activations on the CPU), so a 2-worker cluster fits in a few GB.
 DEFAULT_BLOCK = {2: (1024, 1024), 3: (32, 160, 160)}
 
+#: Embeddings larger than this are not held in memory by the napari dock: it predicts block by
+#: block into a temporary zarr store instead (:func:`needs_blockwise`).
+IN_MEMORY_LIMIT = 2 * 2**30
+
 #: Two segments across a face are one object when they share more than this fraction of each
 #: one's slab pixels.
 MERGE_OVERLAP = 0.5
@@ -132,6 +136,22 @@ class BlockGrid:
         w = self.slab[axis]
         core[axis] = slice(face - w, face + w)
         return tuple(core)
+
+
+def needs_blockwise(spatial_shape, channels: int, lazy: bool) -> bool:
+    """Whether a front end should predict block by block instead of into memory.
+
+    True for a lazy image (dask, zarr: reading it whole is what its owner avoided) and for
+    ``channels`` float32 embeddings over ``IN_MEMORY_LIMIT`` bytes.
+
+    Examples
+    --------
+    >>> needs_blockwise((512, 512), 16, lazy=False), needs_blockwise((512, 512), 16, lazy=True)
+    (False, True)
+    >>> needs_blockwise((256, 1024, 1024), 16, lazy=False)  # 16 GiB of embeddings
+    True
+    """
+    return bool(lazy) or 4 * int(channels) * int(np.prod(spatial_shape)) > IN_MEMORY_LIMIT
 
 
 def network_context(network, ndim: int) -> tuple:

@@ -310,7 +310,13 @@ def write_ome_labels(path, labels) -> Path:
     image_path, name = labels_target(path)
     image = read_ome_image(image_path)
     spatial = image.spatial_axes
-    labels = np.asarray(labels)
+    if hasattr(labels, "chunks") and not isinstance(labels, np.ndarray):
+        # a zarr (or dask) array, e.g. blockwise output: copied chunk by chunk, never loaded
+        import dask.array as da
+
+        labels = labels if isinstance(labels, da.Array) else da.from_zarr(labels)
+    else:
+        labels = np.asarray(labels)
     shape = tuple(image.levels[0].shape[image.axes.index(a)] for a in spatial)
     if labels.shape != shape:
         raise SpocoInputError(

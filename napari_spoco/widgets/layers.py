@@ -49,8 +49,16 @@ class ImageView:
 
 
 def channel_mode_for(layer: Image) -> str:
-    """The channel mode a freshly chosen image most likely needs."""
-    return CHANNELS_RGB if getattr(layer, "rgb", False) else CHANNELS_NONE
+    """The channel mode a freshly chosen image most likely needs.
+
+    An OME-Zarr image opened by napari-spoco's reader with several channels keeps them on its
+    first axis and says so in ``metadata["channel_axis"]`` (``_reader.read_ome_zarr``): that is
+    "first axis". Otherwise an RGB layer is "RGB (last axis)" and any other layer "none".
+    """
+    if getattr(layer, "rgb", False):
+        return CHANNELS_RGB
+    metadata = getattr(layer, "metadata", None) or {}
+    return CHANNELS_FIRST if metadata.get("channel_axis") == 0 else CHANNELS_NONE
 
 
 def image_view(layer: Image, channel_mode: str) -> ImageView:
@@ -62,7 +70,7 @@ def image_view(layer: Image, channel_mode: str) -> ImageView:
             raise SpocoInputError(
                 f"Image layer {layer.name!r} is not RGB; choose channels 'none' or 'first axis'."
             )
-        array, channel_axis = np.moveaxis(np.asarray(data), -1, 0), 0
+        array, channel_axis = _channels_first(data), 0
         spatial = shape[:-1]
         layer_axes = tuple(range(len(spatial)))
     elif channel_mode == CHANNELS_FIRST:
@@ -94,6 +102,20 @@ def image_view(layer: Image, channel_mode: str) -> ImageView:
     scale = tuple(float(layer.scale[a]) for a in layer_axes)
     translate = tuple(float(layer.translate[a]) for a in layer_axes)
     return ImageView(layer, array, channel_axis, spatial, layer_axes, scale, translate)
+
+
+def is_lazy(data) -> bool:
+    """Whether layer data is read on demand (dask, zarr...), not an array in memory."""
+    return not isinstance(data, np.ndarray)
+
+
+def _channels_first(data):
+    """An RGB layer's data with channels first; a lazy array stays lazy (dask)."""
+    if not is_lazy(data):
+        return np.moveaxis(data, -1, 0)
+    import dask.array as da
+
+    return da.moveaxis(data if isinstance(data, da.Array) else da.from_array(data), -1, 0)
 
 
 def check_labels_fit(view: ImageView, labels: Labels) -> None:
@@ -143,8 +165,9 @@ def _set_data(layer, data) -> None:
     ``layer.data``, which also recomputes the viewer's dimensions and the layer's caches.
     """
     current = layer.data
-    if (isinstance(current, np.ndarray) and current.shape == np.shape(data)
-            and current.dtype == np.asarray(data).dtype and current.flags.writeable):
+    if (isinstance(current, np.ndarray) and isinstance(data, np.ndarray)
+            and current.shape == data.shape and current.dtype == data.dtype
+            and current.flags.writeable):
         current[...] = data
         layer.refresh()
     else:

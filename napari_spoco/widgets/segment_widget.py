@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import threading
 
 import numpy as np
@@ -240,6 +242,7 @@ class SegmentWidget(QWidget):
             self.device_combo.currentText(), method, params, self._progress, self._cancel,
             on_return=lambda result: self._on_predicted(result, view, model_key),
             on_error=self._on_error, on_finish=self._on_finish, spacing=view.scale,
+            blockwise_store=self._new_store,
         )
         self._timer.start()
         self._update_buttons()
@@ -253,14 +256,28 @@ class SegmentWidget(QWidget):
         self.progress.setMaximum(max(self._progress.total, 1))
         self.progress.setValue(self._progress.done)
 
+    def _new_store(self):
+        """A folder for one blockwise result's zarr stores (the layers read from it)."""
+        import tempfile
+        from pathlib import Path
+
+        return Path(tempfile.mkdtemp(prefix="napari-spoco-blocks-"))
+
     def _on_predicted(self, result, view, model_key):
         self.cache = {"image": view.layer.name, "model": model_key, "view": view,
                       "embeddings": result["embeddings"], "foreground": result["foreground"],
-                      "source": result["source"]}
+                      "source": result["source"], "blocks": result.get("blocks")}
         self._show_result(view, result["instances"], result["pca"])
         notes = "".join(f"\n{note}" for note in result["notes"])
-        self.status.setText(f"segmented {view.layer.name!r} in {result['seconds']:.1f} s: "
-                            f"{_count(result['instances'])} objects{notes}")
+        if result.get("blocks"):
+            # this image's result layers now read the new store only
+            _replace_store(view.layer.name, result["store"])
+            count = result["segments"]
+            how = f" block by block ({result['blocks']} blocks, kept in {result['store']})"
+        else:
+            count, how = _count(result["instances"]), ""
+        self.status.setText(f"segmented {view.layer.name!r}{how} in {result['seconds']:.1f} s: "
+                            f"{count} objects{notes}")
         for note in result["notes"]:
             notify_warning(note)
 
@@ -279,6 +296,11 @@ class SegmentWidget(QWidget):
             report_error(self.status, err, "re-clustering")
             return None
         cache = self.cache
+        if cache.get("blocks"):
+            # block by block, clustering is part of each block's pass: run it again
+            notify_info("This image was segmented block by block: predicting and segmenting "
+                        "it again with the new settings.")
+            return self.predict()
         self.status.setText(f"clustering with {method}…")
         self.worker = start_function_worker(
             recluster, cache["embeddings"], cache["foreground"], cache["source"], method, params,
@@ -301,7 +323,9 @@ class SegmentWidget(QWidget):
                                    [(lyr.name, is_output(lyr)) for lyr in self.viewer.layers])
         shown = []
         if pca is not None:
-            rgb = (np.clip(pca, 0.0, 1.0) * 255).round().astype(np.uint8)
+            # a blockwise result is already uint8 and lazy (dask): it stays lazy
+            rgb = pca if pca.dtype == np.uint8 else (
+                np.clip(pca, 0.0, 1.0) * 255).round().astype(np.uint8)
             # Created hidden: an opaque PCA over the image hides it; one click shows it.
             shown.append(show_image(self.viewer, names["pca"], rgb, rgb=True,
                                     scale=view.scale, translate=view.translate, metadata=meta,
@@ -401,6 +425,27 @@ class SegmentWidget(QWidget):
             return None
         self.object_spin.setValue(object_id)
         return self.accept(object_id)
+
+
+#: Folder of each image's blockwise result (its layers read from it); a folder is removed when
+#: a newer result of the same image replaces it, and all of them when Python exits.
+_STORES: dict = {}
+
+
+def _replace_store(image_name: str, store) -> None:
+    old = _STORES.get(image_name)
+    _STORES[image_name] = store
+    if old is not None and old != store:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _drop_stores() -> None:
+    for store in _STORES.values():
+        shutil.rmtree(store, ignore_errors=True)
+    _STORES.clear()
+
+
+atexit.register(_drop_stores)
 
 
 def _count(labels) -> int:

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from superqt.utils import create_worker
 
 from .preview import ModelSnapshot, PreviewSchedule, compute_preview
@@ -133,7 +135,8 @@ class Progress:
 
 
 def predict_and_segment(load_model, image, channel_axis, device, method, params,
-                        progress: Progress, cancel: threading.Event, spacing=None):
+                        progress: Progress, cancel: threading.Event, spacing=None,
+                        blockwise_store=None, block_shape=None):
     """Predict embeddings tile by tile, then project and cluster them (in a worker).
 
     Parameters
@@ -148,6 +151,11 @@ def predict_and_segment(load_model, image, channel_axis, device, method, params,
         Set by the Cancel button; prediction stops before its next batch.
     spacing : tuple of float, optional
         The image layer's spatial scale: decides the 3D anisotropy of the clustering.
+    blockwise_store : callable, optional
+        Returns a new folder; when given and ``core.blockwise.needs_blockwise`` says so (a
+        lazy image, or embeddings too large for memory), the work is done by
+        :func:`predict_and_segment_blockwise` into zarr stores there, in blocks of
+        ``block_shape``.
 
     Returns
     -------
@@ -159,8 +167,21 @@ def predict_and_segment(load_model, image, channel_axis, device, method, params,
 
     from .preview import project_and_segment
 
+    from napari_spoco.core.blockwise import needs_blockwise
+    from napari_spoco.core.prediction import _check_layout, model_ndim
+
     start = time.perf_counter()
     model, normalization, source = load_model()
+    shape = tuple(int(s) for s in image.shape)
+    axis = _check_layout(shape, model_ndim(model, len(shape), channel_axis), channel_axis)
+    spatial = tuple(s for a, s in enumerate(shape) if a != axis)
+    channels = int(getattr(model, "out_channels", 16))
+    if blockwise_store is not None and needs_blockwise(spatial, channels,
+                                                       not isinstance(image, np.ndarray)):
+        return predict_and_segment_blockwise(
+            (model, normalization, source), image, channel_axis, device, method, params,
+            progress, cancel, blockwise_store(), spacing=spacing, start=start,
+            block_shape=block_shape)
 
     def report(done, total):
         progress.done, progress.total = done, total
@@ -178,6 +199,70 @@ def predict_and_segment(load_model, image, channel_axis, device, method, params,
         "instances": instances,
         "source": source,
         "notes": settings_for(source, method=method, spacing=spacing, **params).notes,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def predict_and_segment_blockwise(loaded, image, channel_axis, device, method, params,
+                                  progress: Progress, cancel: threading.Event, store: Path,
+                                  spacing=None, start=None, block_shape=None):
+    """``predict_and_segment`` for a lazy or large image: block by block into zarr stores.
+
+    The image is read one block (plus halo) at a time (``core.blockwise``); embeddings,
+    foreground and labels are written to zarr arrays in ``store`` and returned as dask arrays
+    over them, so nothing of the image's size is held in memory: the layers read what napari
+    displays. The PCA colours are fitted on a strided sample and applied chunk by chunk.
+
+    ``loaded`` is what the model loader returned: ``(model, normalization, model_source)``;
+    ``block_shape`` is ``core.blockwise``'s (default ``DEFAULT_BLOCK``).
+
+    Returns
+    -------
+    dict
+        As ``predict_and_segment``, with dask arrays, plus ``blocks`` (how many) and ``store``.
+    """
+    import dask.array as da
+
+    from napari_spoco.core.blockwise import segment_blockwise
+    from napari_spoco.core.pca import EmbeddingPCA
+    from napari_spoco.core.prediction import model_ndim
+    from napari_spoco.core.segmentation import settings_for
+
+    start = time.perf_counter() if start is None else start
+    model, normalization, source = loaded
+    ndim = model_ndim(model, len(image.shape), channel_axis)
+    settings = settings_for(source, method=method, ndim=ndim, spacing=spacing, **params)
+
+    def report(stage, done, total):
+        # prediction and stitching of every block, as one bar
+        progress.done = done + (total if stage == "stitching" else 0)
+        progress.total = 2 * total
+
+    store = Path(store)
+    paths = {name: store / f"{name}.zarr" for name in ("labels", "embeddings", "foreground")}
+    result = segment_blockwise(
+        model, image, normalization, settings=settings, channel_axis=channel_axis,
+        labels_out=paths["labels"], embeddings_out=paths["embeddings"],
+        foreground_out=paths["foreground"], device=device, progress=report,
+        block_shape=block_shape,
+        cancel=cancel.is_set, scratch_dir=store)
+    embeddings = da.from_zarr(str(paths["embeddings"]))
+    pca = EmbeddingPCA().fit(embeddings, seed=0)
+    rgb = embeddings.map_blocks(
+        lambda block: (np.clip(pca.transform(block), 0, 1) * 255).round().astype(np.uint8),
+        drop_axis=0, new_axis=embeddings.ndim - 1, dtype=np.uint8,
+        chunks=(*embeddings.chunks[1:], (3,)))
+    return {
+        "embeddings": embeddings,
+        "foreground": (da.from_zarr(str(paths["foreground"]))
+                       if paths["foreground"].exists() else None),
+        "pca": rgb,
+        "instances": da.from_zarr(str(paths["labels"])),
+        "source": source,
+        "notes": settings.notes,
+        "blocks": len(result["grid"].indices()),
+        "segments": result["segments"],
+        "store": store,
         "seconds": time.perf_counter() - start,
     }
 
