@@ -96,3 +96,16 @@ def test_the_segment_tab_shows_a_dask_image_as_dask_layers(spoco, qtbot, notes, 
     wait_until(qtbot, lambda: segment.worker is None)
     assert not store.exists() and isinstance(viewer.layers["lazy instances"].data, da.Array)
     assert np.asarray(viewer.layers["lazy instances"].data).max() > 0
+
+
+def test_suggest_next_refuses_an_image_whose_embeddings_do_not_fit():
+    from types import SimpleNamespace
+
+    from napari_spoco.core.errors import SpocoInputError
+    from napari_spoco.widgets.suggest_panel import _check_fits
+
+    snapshot = SimpleNamespace(architecture={"out_channels": 16})
+    layer = SimpleNamespace(name="stack")
+    with pytest.raises(SpocoInputError, match="too large for Suggest next"):
+        _check_fits(SimpleNamespace(spatial_shape=(128, 1024, 1024), layer=layer), snapshot)
+    _check_fits(SimpleNamespace(spatial_shape=(512, 512), layer=layer), snapshot)

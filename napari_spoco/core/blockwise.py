@@ -251,6 +251,7 @@ class BlockJob:
     foreground_path: str | None
     scratch: str
     torch_threads: int | None = None
+    cluster: Callable | None = None
 
 
 def _open(image):
@@ -331,7 +332,8 @@ def _segment_region(job: BlockJob, region, embeddings, foreground, part) -> np.n
         extra["affinities"] = affinities[(slice(None), *part)]
     foreground = None if foreground is None else foreground[part]
     return np.asarray(segment_output(embeddings[(slice(None), *part)], foreground,
-                                     job.settings, **extra), dtype=np.uint32)
+                                     job.settings, cluster=job.cluster, **extra),
+                      dtype=np.uint32)
 
 
 def core_first(labels: np.ndarray, inner: tuple) -> tuple[np.ndarray, int]:
@@ -522,7 +524,7 @@ def segment_blockwise(network, image, normalization=None, *, settings=None,
                       runner: _Runner | None = None, device: str = "cpu",
                       torch_threads: int | None = None,
                       progress: Callable | None = None, cancel: Callable | None = None,
-                      scratch_dir=None) -> dict:
+                      scratch_dir=None, cluster: Callable | None = None) -> dict:
     """Predict (and segment) a volume block by block; outputs are written block by block.
 
     Parameters
@@ -556,6 +558,9 @@ def segment_blockwise(network, image, normalization=None, *, settings=None,
     scratch_dir : path, optional
         Folder for the stitching slabs (default: next to ``labels_out``, so that remote
         workers that see the output see it too); removed at the end.
+    cluster : callable, optional
+        ``segmentation.segment_output``'s ``cluster`` for every block (the dock clusters in
+        its helper process, so a block's mutex watershed never stalls napari).
 
     Returns
     -------
@@ -613,7 +618,7 @@ def segment_blockwise(network, image, normalization=None, *, settings=None,
                    None if labels_out is None else str(labels_out),
                    None if embeddings_out is None else str(embeddings_out),
                    None if foreground_out is None else str(foreground_out), str(scratch),
-                   torch_threads)
+                   torch_threads, cluster)
     try:
         items = [(index,) for index in grid.indices()]
         blocks = runner.map(process_block, job, items, progress, cancel, "prediction")

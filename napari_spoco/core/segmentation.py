@@ -260,7 +260,7 @@ def foreground_kwargs(foreground, settings: SegmentationSettings, mask=None) -> 
 
 
 def segment_output(embeddings, foreground, settings: SegmentationSettings, mask=None,
-                   affinities=None, **extra) -> np.ndarray:
+                   affinities=None, cluster=None, **extra) -> np.ndarray:
     """Instances from embeddings and foreground probability with the given settings.
 
     Parameters
@@ -275,6 +275,9 @@ def segment_output(embeddings, foreground, settings: SegmentationSettings, mask=
     affinities : ndarray, optional
         The affinity head's output (``crac_segmentation.predict_affinities``); required when
         ``settings.affinity_source`` is "explicit".
+    cluster : callable, optional
+        Runs the clustering in place of ``clustering.segment`` (same signature), e.g. the
+        dock's ``segment_off_thread``, which clusters in a helper process.
     **extra
         Passed to ``clustering.segment`` (e.g. ``embeddings_g`` for consistency).
 
@@ -307,8 +310,9 @@ def segment_output(embeddings, foreground, settings: SegmentationSettings, mask=
         from .crac_segmentation import segment_affinities
 
         return segment_affinities(affinities, settings, foreground, mask)
-    return segment(np.asarray(embeddings), **foreground_kwargs(foreground, settings, mask),
-                   **settings.segment_kwargs(), **extra)
+    return (cluster or segment)(np.asarray(embeddings),
+                                **foreground_kwargs(foreground, settings, mask),
+                                **settings.segment_kwargs(), **extra)
 
 
 def settings_for(model_source, *, method: str = "mws", ndim: int | None = None,

@@ -76,6 +76,7 @@ class SuggestPanel(QWidget):
                 raise SpocoInputError(NO_MODEL)
             pairs = self.data.pairs()
             view, labels = pairs[0]
+            _check_fits(view, snapshot)
         except SpocoInputError as err:
             report_error(self.status, err, "suggesting the next object")
             return None
@@ -135,3 +136,17 @@ class SuggestPanel(QWidget):
         else:
             return
         layer.visible = self.show_map.isChecked()
+
+
+def _check_fits(view, snapshot) -> None:
+    """Suggest next holds the embeddings of f and g in memory: refuse an image too large."""
+    from napari_spoco.core.blockwise import needs_blockwise
+
+    channels = int(snapshot.architecture.get("out_channels", 16))
+    if needs_blockwise(view.spatial_shape, 2 * channels, lazy=False):
+        raise SpocoInputError(
+            f"Image {view.layer.name!r} {view.spatial_shape} is too large for Suggest next, "
+            "which holds two sets of its embeddings in memory. Paint and suggest on a cropped "
+            "region (e.g. a layer made of a slice of it), then segment the whole image in the "
+            "Segment tab, which works block by block."
+        )

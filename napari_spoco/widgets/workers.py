@@ -228,6 +228,8 @@ def predict_and_segment_blockwise(loaded, image, channel_axis, device, method, p
     from napari_spoco.core.prediction import model_ndim
     from napari_spoco.core.segmentation import settings_for
 
+    from .clustering_process import segment_off_thread
+
     start = time.perf_counter() if start is None else start
     model, normalization, source = loaded
     ndim = model_ndim(model, len(image.shape), channel_axis)
@@ -244,7 +246,7 @@ def predict_and_segment_blockwise(loaded, image, channel_axis, device, method, p
         model, image, normalization, settings=settings, channel_axis=channel_axis,
         labels_out=paths["labels"], embeddings_out=paths["embeddings"],
         foreground_out=paths["foreground"], device=device, progress=report,
-        block_shape=block_shape,
+        block_shape=block_shape, cluster=segment_off_thread,
         cancel=cancel.is_set, scratch_dir=store)
     embeddings = da.from_zarr(str(paths["embeddings"]))
     pca = EmbeddingPCA().fit(embeddings, seed=0)
