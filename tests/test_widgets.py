@@ -213,3 +213,19 @@ def test_fine_tune_a_shipped_model(spoco, qtbot, notes, tmp_path):
     assert tuned.architecture == {**source.architecture, "foreground": True}
     assert tuned.iteration == 2
     assert tuned.config["lr"] == pytest.approx(expected_lr)
+
+
+@pytest.mark.gui
+def test_the_dock_gives_the_viewer_keys_back_when_it_closes(make_napari_viewer, qtbot):
+    from napari_spoco.widgets import SpocoWidget
+
+    viewer = make_napari_viewer()
+    users = lambda v: None  # noqa: E731 (a binding the user made before opening the dock)
+    viewer.bind_key("n", users)
+    from napari.utils.key_bindings import coerce_keybinding as key
+
+    widget = SpocoWidget(viewer)
+    assert viewer.keymap[key("n")] is not users and key("s") in viewer.keymap
+    widget.shutdown()
+    assert viewer.keymap[key("n")] is users  # the user's binding is back
+    assert key("s") not in viewer.keymap and key("Shift-A") not in viewer.keymap  # ours gone

@@ -112,6 +112,11 @@ _helper = ClusteringProcess()
 atexit.register(_helper.close)
 
 
+def stop() -> None:
+    """End the helper process (the dock's ``shutdown``); the next request starts a new one."""
+    _helper.close()
+
+
 def warm_up() -> None:
     """Start the helper process now (e.g. when the widget opens)."""
     try:

@@ -22,6 +22,7 @@ from napari_spoco.core.errors import SpocoInputError
 
 from ._logic import count_objects, next_free_label
 from .autosave_panel import AutosavePanel
+from .keys import viewer_keys
 from .layers import (
     CHANNEL_MODES,
     channel_mode_for,
@@ -164,8 +165,9 @@ class DataWidget(QWidget):
             event.connect(self._refresh_choices)
         for layer in viewer.layers:
             layer.events.name.connect(self._refresh_choices)
-        viewer.bind_key(NEW_OBJECT_KEY, self._viewer_new_object, overwrite=True)
-        viewer.bind_key(BACKGROUND_KEY, self._viewer_background, overwrite=True)
+        keys = viewer_keys(viewer)  # given back when the dock closes
+        keys.bind(NEW_OBJECT_KEY, self._viewer_new_object)
+        keys.bind(BACKGROUND_KEY, self._viewer_background)
         self.add_row()
         for layer in self._layers(Image):  # opened before the dock: restore their work too
             self.autosave.image_opened(layer)

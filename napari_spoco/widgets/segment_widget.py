@@ -35,6 +35,7 @@ from ._logic import (
 )
 from .clustering_form import ClusteringForm
 from .data_widget import OUTPUT_FLAG, is_output
+from .keys import viewer_keys
 from .layers import channel_mode_for, image_view, show_image, show_labels
 from .narrow import WrappingLabel, fit_combos, wrap_rows
 from .preview_layers import keep_below
@@ -135,7 +136,7 @@ class SegmentWidget(QWidget):
         self.clustering.remember(self.remembered, "segment")
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._refresh_choices)
-        viewer.bind_key(ACCEPT_KEY, lambda v: self.accept_under_cursor(), overwrite=True)
+        viewer_keys(viewer).bind(ACCEPT_KEY, lambda v: self.accept_under_cursor())
         self._refresh_choices()
         self._update_buttons()
 

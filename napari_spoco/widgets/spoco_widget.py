@@ -10,6 +10,7 @@ from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from ._session import dropped_models
 from .data_widget import DataWidget
+from .keys import viewer_keys
 from .segment_widget import SegmentWidget
 from .train_widget import TrainWidget
 from .workers import start_function_worker, warm_up_imports
@@ -101,6 +102,10 @@ class SpocoWidget(QWidget):
             QCoreApplication.processEvents()
             time.sleep(0.01)
         self.data.autosave.close()
+        viewer_keys(self.viewer).restore()
+        from .clustering_process import stop as stop_clustering_process
+
+        stop_clustering_process()  # scoped to the dock; a later request starts it again
         try:
             dropped_models.dropped.disconnect(self.use_model)
         except (TypeError, ValueError, RuntimeError):

@@ -11,6 +11,7 @@ from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QPushButton, QVBoxLayout, QWi
 
 from napari_spoco.core.errors import SpocoInputError
 
+from .keys import viewer_keys
 from .narrow import WrappingLabel
 from .notifications import report_error
 from .workers import start_function_worker
@@ -64,7 +65,7 @@ class SuggestPanel(QWidget):
         layout.addWidget(self.status)
         self.button.clicked.connect(lambda: self.suggest())
         self.show_map.toggled.connect(lambda _: self._show_map())
-        viewer.bind_key(SUGGEST_KEY, lambda v: self.suggest(), overwrite=True)
+        viewer_keys(viewer).bind(SUGGEST_KEY, lambda v: self.suggest())
 
     def suggest(self):
         """Start scoring the first pair's image in a worker; the view moves when it is done."""
