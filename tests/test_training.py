@@ -272,3 +272,21 @@ def test_short_3d_training_runs_end_to_end(tmp_path):
     assert trainer.config.ndim == 3 and trainer.model.config["anisotropic_levels"] == 1
     assert len(reports) == 2 and np.isfinite(reports[-1].loss)
     assert load_checkpoint(trainer.save(tmp_path / "3d.pt"))["architecture"]["ndim"] == 3
+
+
+def test_the_run_settings_are_resolved_without_changing_the_users_config(tmp_path):
+    from training_support import blobs, tiny
+
+    from napari_spoco.core.training_config import resolve_config
+
+    chosen = tiny(lr=None, iterations=0, method="crac")
+    before = chosen.to_dict()
+    first = Trainer([blobs()], chosen).config
+    assert chosen.to_dict() == before  # the caller's config is never mutated
+    assert first.to_dict() == Trainer([blobs()], chosen).config.to_dict()  # same in, same out
+    assert first.lr == pytest.approx(2e-4) and first.affinity_channels > 0 and first.ndim == 2
+    source = Trainer([blobs()], tiny(lr=1e-3, iterations=0)).save(tmp_path / "source.pt")
+    from napari_spoco.core.checkpoint import load_checkpoint
+
+    tuned = resolve_config(tiny(lr=None), [blobs()], load_checkpoint(source), str(source))
+    assert tuned.lr == pytest.approx(1e-4)  # a tenth of the source's, decided in one place

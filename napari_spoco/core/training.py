@@ -39,12 +39,9 @@ from .normalization import Normalization
 from .training_config import (
     LossSettings,
     TrainingConfig,
-    adopt_source,
     as_pairs,
-    resolve_affinity_channels,
-    resolve_defaults,
-    take_data_settings,
-    take_image_settings,
+    resolve_config,
+    settle_config,
 )
 from .unet import UNet
 
@@ -176,7 +173,7 @@ class Trainer:
 
     def __init__(self, pairs, config: TrainingConfig | None = None, source=None,
                  autosave_path=None, *, _normalization: Normalization | None = None):
-        config = (config or TrainingConfig()).replace()
+        config = config or TrainingConfig()
         self.source = None if source is None else Path(source)
         self.autosave_path = None if autosave_path is None else Path(autosave_path)
         self.dist = distributed.current_context()  # a torchrun process group, if any
@@ -185,19 +182,15 @@ class Trainer:
         self.amp_dtype = distributed.amp_dtype(self.device, config.mixed_precision)
         source_ckpt = None if source is None else load_checkpoint(source)
         prepared = isinstance(pairs, TrainingData)
-        if prepared:
-            take_data_settings(config, pairs)
-        else:
+        if not prepared:
             pairs = as_pairs(pairs)
-            take_image_settings(config, pairs)
+        config = resolve_config(config, pairs, source_ckpt, source)
         normalization = _normalization
-        if source_ckpt is not None:
-            adopt_source(config, source_ckpt, str(source))
-            if normalization is None and config.normalization == "source":
-                normalization = Normalization.from_dict(dict(source_ckpt["normalization"]))
-        resolve_defaults(config)
+        if normalization is None and source_ckpt is not None \
+                and config.normalization == "source":
+            normalization = Normalization.from_dict(dict(source_ckpt["normalization"]))
         self.data = pairs if prepared else self._build_data(pairs, config, normalization)
-        resolve_affinity_channels(config)  # needs the anisotropy the data decided
+        config = settle_config(config, self.data)  # needs the anisotropy the data decided
         self.config = config
 
         with torch.random.fork_rng(devices=[]):
@@ -260,10 +253,7 @@ class Trainer:
             normalization=normalization,
             augment=config.augment,
         )
-        # The data clip the patch to the images and decide anisotropy; record what they chose.
-        config.patch_shape = tuple(data.patch_shape)
-        config.anisotropic = bool(data.anisotropic)
-        return data
+        return data  # it clips the patch and decides anisotropy: settle_config records them
 
     @classmethod
     def from_checkpoint(cls, path, pairs, iterations: int | None = None,

@@ -324,8 +324,9 @@ def as_pairs(pairs) -> list:
     return pairs
 
 
-def adopt_source(config: TrainingConfig, checkpoint: dict, path: str) -> None:
+def adopt_source(config: TrainingConfig, checkpoint: dict, path: str) -> TrainingConfig:
     """Take the source's architecture, check it fits the data settings, derive the lr."""
+    config = config.replace()
     architecture = dict(checkpoint["architecture"])
     if config.ndim is not None and config.ndim != architecture["ndim"]:
         raise SpocoInputError(
@@ -347,24 +348,31 @@ def adopt_source(config: TrainingConfig, checkpoint: dict, path: str) -> None:
                                           source_lr=source_learning_rate(checkpoint))
     if config.reduce_lr_on_plateau is None:
         config.reduce_lr_on_plateau = False
+    return config
 
 
-def resolve_affinity_channels(config: TrainingConfig) -> None:
+def resolve_affinity_channels(config: TrainingConfig) -> TrainingConfig:
     """CRAC modes: one affinity-head channel per offset of the mutex watershed's edge layout."""
     if config.method != "spoco" and not config.affinity_channels:
-        config.affinity_channels = len(edge_offsets(config.ndim, bool(config.anisotropic)))
+        return config.replace(
+            affinity_channels=len(edge_offsets(config.ndim, bool(config.anisotropic))))
+    return config
 
 
-def resolve_defaults(config: TrainingConfig) -> None:
+def resolve_defaults(config: TrainingConfig) -> TrainingConfig:
+    """From scratch: the default learning rate and its plateau schedule; then validate."""
+    config = config.replace()
     if config.lr is None:
         config.lr = default_learning_rate(fine_tuning=False)
     if config.reduce_lr_on_plateau is None:
         config.reduce_lr_on_plateau = True
     config.validate()
+    return config
 
 
-def take_image_settings(config: TrainingConfig, pairs: list) -> None:
+def take_image_settings(config: TrainingConfig, pairs: list) -> TrainingConfig:
     """Set (or check) ``ndim`` and ``in_channels`` from the first image of raw pairs."""
+    config = config.replace()
     shape = tuple(np.shape(pairs[0][0]))
     check_channel_axis(shape, config.channel_axis)  # before shape[channel_axis] below
     image_dims = len(shape) - (config.channel_axis is not None)
@@ -391,9 +399,10 @@ def take_image_settings(config: TrainingConfig, pairs: list) -> None:
             f"{channels}. Use images with the channels the model was trained on, or train a "
             "new model."
         )
+    return config
 
 
-def take_data_settings(config: TrainingConfig, data) -> None:
+def take_data_settings(config: TrainingConfig, data) -> TrainingConfig:
     """Take the settings of a prepared ``TrainingData``, checking them against the model."""
     if config.ndim is not None and config.ndim != data.ndim:
         raise SpocoInputError(
@@ -405,8 +414,56 @@ def take_data_settings(config: TrainingConfig, data) -> None:
             f"The model takes {config.in_channels} input channel(s) but the training images "
             f"have {data.in_channels}; use images with the channels the model was trained on."
         )
-    config.ndim, config.in_channels = int(data.ndim), int(data.in_channels)
-    config.channel_axis, config.mode = data.channel_axis, data.mode
-    config.background_id, config.ignore_id = data.background_id, data.ignore_id
-    config.patch_shape = tuple(data.patch_shape)
-    config.anisotropic = bool(data.anisotropic)
+    return config.replace(
+        ndim=int(data.ndim), in_channels=int(data.in_channels), channel_axis=data.channel_axis,
+        mode=data.mode, background_id=data.background_id, ignore_id=data.ignore_id,
+        patch_shape=tuple(data.patch_shape), anisotropic=bool(data.anisotropic))
+
+
+def resolve_config(config: TrainingConfig, pairs, source_checkpoint: dict | None = None,
+                   source_path: str | None = None) -> TrainingConfig:
+    """The run's settings before its data are prepared; ``config`` itself is not changed.
+
+    The one order in which the settings are decided: what the images (or prepared
+    ``TrainingData``) say (dimensionality, channels), then what a source checkpoint brings
+    (architecture, a tenth of its learning rate), then the from-scratch defaults. Each step
+    returns a new config, so the result depends only on the arguments.
+
+    Parameters
+    ----------
+    config : TrainingConfig
+        What the user chose (None fields are decided here).
+    pairs : list of (image, labels) or TrainingData
+    source_checkpoint : dict, optional
+        The fine-tuning source (``load_checkpoint``), and ``source_path`` its name for
+        messages.
+
+    Returns
+    -------
+    TrainingConfig
+
+    Examples
+    --------
+    >>> pairs = [(np.zeros((32, 32), np.float32), np.zeros((32, 32), np.uint32))]
+    >>> chosen = TrainingConfig()
+    >>> resolved = resolve_config(chosen, pairs)
+    >>> (resolved.ndim, resolved.in_channels, resolved.lr), (chosen.ndim, chosen.lr)
+    ((2, 1, 0.0002), (None, None))
+    """
+    from .data import TrainingData
+
+    if isinstance(pairs, TrainingData):
+        config = take_data_settings(config, pairs)
+    else:
+        config = take_image_settings(config, pairs)
+    if source_checkpoint is not None:
+        config = adopt_source(config, source_checkpoint, str(source_path))
+    return resolve_defaults(config)
+
+
+def settle_config(config: TrainingConfig, data) -> TrainingConfig:
+    """What the prepared data decided (patch clipped to the images, anisotropy), and the CRAC
+    affinity head that depends on it; ``config`` itself is not changed."""
+    config = config.replace(patch_shape=tuple(data.patch_shape),
+                            anisotropic=bool(data.anisotropic))
+    return resolve_affinity_channels(config)
