@@ -335,3 +335,177 @@ def test_segment_tab_and_cli_decide_mws_anisotropy_alike_from_the_voxel_size(
     cli = cli_segment.settings_from_args(args, loaded, 3)
     assert decided and all(gui == cli for gui in decided)
     assert cli.params.get("anisotropic", False) is expected
+
+
+# -- torch CPU threads: one load rule for the command line and the Train tab -----------------
+
+
+@pytest.fixture
+def no_thread_variables(monkeypatch):
+    """The rule without the user's OMP_NUM_THREADS / MKL_NUM_THREADS (the test runs set one)."""
+    for name in rd.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def torch_threads_restored(monkeypatch):
+    """A fresh decision of apply_torch_threads, and torch's thread count put back afterwards."""
+    import torch
+
+    monkeypatch.setattr(rd, "_APPLIED", {})
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    "cores, load, expected",
+    [
+        (2, 0.0, 2), (2, 0.4, 2),  # idle: all cores
+        (2, 0.6, 1), (2, 1.9, 1), (2, 6.0, 1),  # one core busy or more: fewer, never 0
+        (8, 0.3, 8), (8, 3.0, 5), (8, 7.6, 1), (8, 40.0, 1),
+        (1, 0.0, 1), (1, 3.0, 1),
+    ],
+)
+def test_torch_threads_use_all_cores_only_when_idle(no_thread_variables, cores, load, expected):
+    assert rd.default_torch_threads(cpu_count=cores, load=load) == expected
+
+
+def test_torch_threads_stay_between_one_and_the_cores_and_fall_as_the_load_rises(
+        no_thread_variables):
+    for cores in (1, 2, 3, 4, 8, 16, 64):
+        counts = [rd.default_torch_threads(cpu_count=cores, load=load / 4)
+                  for load in range(4 * (cores + 4))]
+        assert min(counts) == 1 and max(counts) == cores
+        assert counts == sorted(counts, reverse=True)
+
+
+def test_an_explicit_thread_variable_wins_over_the_load(monkeypatch):
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert rd.default_torch_threads(cpu_count=2, load=9.0) == 3
+    monkeypatch.setenv("MKL_NUM_THREADS", "2")  # as in torch: MKL_NUM_THREADS wins
+    assert rd.default_torch_threads(cpu_count=8, load=0.0) == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "zero")  # not a count: ignored, OMP_NUM_THREADS holds
+    assert rd.default_torch_threads(cpu_count=8, load=0.0) == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert rd.default_torch_threads(cpu_count=8, load=0.0) == 8
+
+
+def test_without_a_load_average_all_cores_are_used(no_thread_variables, monkeypatch):
+    import os
+
+    def no_load_average():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(os, "getloadavg", no_load_average)
+    assert rd.one_minute_load() is None
+    assert rd.default_torch_threads(cpu_count=6) == 6
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.3, 0.0, 0.0))  # and it is read when there
+    assert rd.default_torch_threads(cpu_count=2) == 1
+    assert 1 <= rd.available_cores() <= (os.cpu_count() or 1)
+
+
+def test_apply_sets_the_default_once_and_keeps_what_the_user_set(
+        no_thread_variables, torch_threads_restored, monkeypatch):
+    import torch
+
+    torch.set_num_threads(2)  # torch's count before the first run
+    decisions = []
+
+    def decide(**kwargs):
+        decisions.append(kwargs)
+        return 1
+
+    monkeypatch.setattr(rd, "default_torch_threads", decide)
+    assert rd.apply_torch_threads() == 1 and torch.get_num_threads() == 1
+    assert rd.apply_torch_threads() == 1 and len(decisions) == 1  # decided once per process
+    torch.set_num_threads(3)  # the user's choice after the first run is kept
+    assert rd.apply_torch_threads() == 3 and torch.get_num_threads() == 3
+    assert len(decisions) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # an explicit variable: torch is not touched
+    torch.set_num_threads(2)
+    assert rd.apply_torch_threads() == 2 and torch.get_num_threads() == 2
+
+
+def test_apply_reaches_a_pooled_thread_that_ran_torch_before(
+        no_thread_variables, torch_threads_restored, monkeypatch):
+    """torch's OpenMP count is per thread once a thread ran torch work: set where work runs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    torch.set_num_threads(2)
+    monkeypatch.setattr(rd, "default_torch_threads", lambda **kwargs: 1)
+    x = torch.ones(64, 64)
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(lambda: ((x @ x).sum(), torch.get_num_threads())[1]).result() == 2
+        assert rd.apply_torch_threads() == 1  # in this thread ...
+        assert pool.submit(torch.get_num_threads).result() == 2  # ... not yet in the pool's
+        assert pool.submit(lambda: (rd.apply_torch_threads(),
+                                    torch.get_num_threads())).result() == (1, 1)
+
+
+@pytest.fixture
+def thread_spy(monkeypatch):
+    """Replace apply_torch_threads (looked up at call time by both front ends) by a recorder."""
+    calls = []
+
+    def spy(environ=None):
+        calls.append(environ)
+        import torch
+
+        return torch.get_num_threads()
+
+    monkeypatch.setattr(rd, "apply_torch_threads", spy)
+    return calls
+
+
+def test_the_cli_applies_the_thread_rule_before_torch_work_only(thread_spy, tmp_path, capsys):
+    import tifffile
+    import torch
+    from training_support import blobs
+
+    from napari_spoco.cli import main
+
+    image, labels = blobs((40, 40))
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "lab.tif", labels)
+    code = main(["train", "--image", str(tmp_path / "img.tif"), "--labels",
+                 str(tmp_path / "lab.tif"), "--out", str(tmp_path / "m.pt"), "--features", "8",
+                 "16", "--batch-size", "1", "--iterations", "1", "--device", "cpu",
+                 "--no-progress"])
+    assert code == 0 and len(thread_spy) == 1
+    device_line = [line for line in capsys.readouterr().err.splitlines()
+                   if line.startswith("Device:")]
+    assert device_line == [f"Device: cpu, {torch.get_num_threads()} CPU thread(s)"]
+    # a subcommand that runs no network does not set (nor import for) torch threads
+    tifffile.imwrite(tmp_path / "gt.tif", labels)
+    assert main(["evaluate", "--gt", str(tmp_path / "gt.tif"), "--seg",
+                 str(tmp_path / "gt.tif")]) == 0
+    assert len(thread_spy) == 1
+
+
+def test_the_train_tab_worker_applies_the_same_rule_before_building_the_trainer(thread_spy):
+    from training_support import blobs, tiny
+
+    from napari_spoco.widgets.preview import PreviewSchedule
+    from napari_spoco.widgets.workers import TrainingFinished, training_loop
+
+    built = []
+
+    def make_trainer():
+        built.append(len(thread_spy))  # how many thread decisions came before
+        return Trainer([blobs()], tiny(iterations=2, autosave_seconds=None))
+
+    loop = training_loop(make_trainer, PreviewSchedule(enabled=False), None)
+    items = []
+    try:
+        while True:
+            items.append(next(loop))
+    except StopIteration as end:
+        finished = end.value
+    assert built == [1] and len(thread_spy) == 1
+    assert isinstance(finished, TrainingFinished) and finished.iteration == 2
+    assert [getattr(item, "iteration", None) for item in items[1:]] == [1, 2]

@@ -16,6 +16,9 @@ from napari_spoco import __version__
 # subcommand's heavy imports (torch, napari) happen only when it runs.
 SUBCOMMAND_MODULES = ("train", "predict", "segment", "evaluate", "models", "demo",
                       "export")
+#: The subcommands that run networks: their torch CPU threads follow the machine's load
+#: (core.run_defaults.apply_torch_threads); the others need no torch threads, nor its import.
+TORCH_COMMANDS = ("train", "predict", "segment", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    if args.command in TORCH_COMMANDS:
+        from napari_spoco.core.run_defaults import apply_torch_threads
+
+        apply_torch_threads()  # the main thread does the work: one setting for the process
     try:
         return int(args.func(args) or 0)
     except SpocoInputError as err:

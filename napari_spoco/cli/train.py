@@ -369,6 +369,13 @@ def run(args) -> int:
         distributed.shutdown()
 
 
+def torch_threads() -> int:
+    """torch's CPU threads here (set by ``apply_torch_threads`` in the CLI's main)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _train(args, context) -> int:
     from tqdm import tqdm
 
@@ -401,7 +408,8 @@ def _train(args, context) -> int:
     )
     say(f"Device: {device_line(trainer)}"
         + (f", {context.describe()}, global batch {config.batch_size * context.world_size}"
-           if context.active else ""))
+           if context.active else "")
+        + f", {torch_threads()} CPU thread(s)")
     from napari_spoco.core.segmentation import settings_for
 
     for note in settings_for(trainer).notes:

@@ -5,11 +5,17 @@ run length, patch, batch size and 3D anisotropy from these functions, so one che
 image get the same settings wherever training starts. Settings given explicitly (an option, a
 spin box the user changed) always win; these only fill what was left open.
 
-Everything here is a pure function of numbers: no torch, Qt or napari.
+The CPU thread count of torch is decided here too (:func:`default_torch_threads`), and set by
+:func:`apply_torch_threads` where the command line and the Train tab start their work.
+
+Everything here is a pure function of numbers, except :func:`apply_torch_threads`, which
+imports torch when called: no Qt or napari.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -352,6 +358,167 @@ def resolve_run_settings(
         anisotropic=bool(anisotropic) if anisotropic is not None
         else default_anisotropic(shapes, spacings),
     )
+
+
+#: A core counts as free for a torch thread when at most this share of it is taken by other
+#: work (the load average). A thread on a busy core stalls every parallel region of the step
+#: (its barrier waits for the slowest thread), so two threads on a 2-core machine with one core
+#: busy were 1.3-1.7x slower than one thread (project issue 13).
+BUSY_CORE_SHARE = 0.5
+#: The environment variables that pin torch's CPU thread count (torch reads them at start;
+#: ``MKL_NUM_THREADS`` wins when both are set, as in torch).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask where known, else all."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on macOS and Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def one_minute_load() -> float | None:
+    """The 1-minute load average (runnable tasks, this process included), or None (Windows)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return None
+
+
+def explicit_torch_threads(environ: Mapping[str, str] | None = None) -> int | None:
+    """The thread count the user pinned with ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``, or None.
+
+    A value that is not a positive integer (torch ignores it too) counts as not set; of a
+    list such as ``"4,2"`` (nested OpenMP levels) the first level counts.
+
+    Examples
+    --------
+    >>> explicit_torch_threads({"OMP_NUM_THREADS": "3"})
+    3
+    >>> explicit_torch_threads({"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "2"})
+    2
+    >>> explicit_torch_threads({"OMP_NUM_THREADS": ""}) is None
+    True
+    """
+    environ = os.environ if environ is None else environ
+    count = None
+    for name in THREAD_VARIABLES:
+        try:
+            value = int(str(environ.get(name, "")).split(",")[0].strip())
+        except ValueError:
+            continue
+        if value > 0:
+            count = value
+    return count
+
+
+def default_torch_threads(cpu_count: int | None = None, load: float | None = None,
+                          environ: Mapping[str, str] | None = None) -> int:
+    """The number of CPU threads a run gives torch: all cores when idle, fewer when busy.
+
+    The rule, in this order:
+
+    1. ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` set by the user (a positive integer) is
+       used as it is: what the user pinned is never overridden.
+    2. Without a load reading (Windows has no load average): all cores.
+    3. Otherwise one thread per free core, where the cores not taken by the load count as
+       free when at most :data:`BUSY_CORE_SHARE` of a core is busy:
+       ``floor(cores - load + BUSY_CORE_SHARE)``, between 1 and the number of cores. So a
+       2-core machine gets 2 threads below a load of 0.5 and 1 thread above it.
+
+    The load counts every runnable task, the caller's own included: decide before the work
+    starts. A thread count set with ``torch.set_num_threads`` is looked after by
+    :func:`apply_torch_threads`, not here.
+
+    Parameters
+    ----------
+    cpu_count : int, optional
+        Cores available; default :func:`available_cores` (the affinity mask,
+        ``os.sched_getaffinity(0)``, else ``os.cpu_count()``).
+    load : float, optional
+        Runnable tasks on the machine; default the 1-minute load average
+        (``os.getloadavg()``), None where there is none.
+    environ : mapping, optional
+        The environment (default ``os.environ``); see :func:`explicit_torch_threads`.
+
+    Returns
+    -------
+    int
+        At least 1 and, without an explicit variable, at most ``cpu_count``.
+
+    Examples
+    --------
+    >>> default_torch_threads(cpu_count=2, load=0.1, environ={})  # idle: all cores
+    2
+    >>> default_torch_threads(cpu_count=2, load=1.2, environ={})  # one core busy
+    1
+    >>> default_torch_threads(cpu_count=2, load=6.0, environ={})  # never fewer than 1
+    1
+    >>> default_torch_threads(cpu_count=16, load=4.3, environ={})
+    12
+    >>> default_torch_threads(cpu_count=2, load=6.0, environ={"OMP_NUM_THREADS": "2"})
+    2
+    """
+    explicit = explicit_torch_threads(environ)
+    if explicit is not None:
+        return explicit
+    cores = max(1, int(cpu_count if cpu_count is not None else available_cores()))
+    if load is None:
+        load = one_minute_load()
+    if load is None:
+        return cores
+    free = math.floor(cores - max(float(load), 0.0) + BUSY_CORE_SHARE)
+    return int(min(max(free, 1), cores))
+
+
+#: What :func:`apply_torch_threads` decided in this process: the count torch had before
+#: (``"before"``) and the one chosen (``"threads"``); empty until its first call.
+_APPLIED: dict = {}
+
+
+def apply_torch_threads(environ: Mapping[str, str] | None = None) -> int:
+    """Set torch's CPU threads to :func:`default_torch_threads` unless the user set them.
+
+    The count is decided once per process, at the first call, from the load at that moment.
+    torch is left as it is when ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` is set, and when
+    the calling thread's count was changed (``torch.set_num_threads``) after that first call
+    to something other than what this function chose: both are the user's. (A
+    ``torch.set_num_threads`` made before the first call cannot be told from torch's own
+    default; pin the count with ``OMP_NUM_THREADS`` instead.)
+
+    With torch's OpenMP backend a thread that already ran torch work keeps its own count, so
+    this is called in the thread that does the work; later calls there apply the same count.
+
+    Parameters
+    ----------
+    environ : mapping, optional
+        The environment (default ``os.environ``).
+
+    Returns
+    -------
+    int
+        The number of threads torch now uses in the calling thread.
+
+    Examples
+    --------
+    >>> import torch
+    >>> apply_torch_threads({"OMP_NUM_THREADS": "1"}) == torch.get_num_threads()  # untouched
+    True
+    """
+    import torch
+
+    current = torch.get_num_threads()
+    if explicit_torch_threads(environ) is not None:
+        return current
+    if not _APPLIED:
+        _APPLIED.update(before=current, threads=default_torch_threads(environ={}))
+    chosen = _APPLIED["threads"]
+    if current not in (chosen, _APPLIED["before"]):
+        return current  # the user's torch.set_num_threads since the first call
+    if current != chosen:
+        torch.set_num_threads(chosen)
+    return chosen
 
 
 def _kind(device_kind: str) -> str:

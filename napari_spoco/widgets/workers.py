@@ -90,6 +90,13 @@ def _training_loop(make_trainer, schedule: PreviewSchedule, save_path, preview_m
     -------
     TrainingFinished
     """
+    from napari_spoco.core.run_defaults import apply_torch_threads
+
+    # Fewer torch threads on a busy machine (project issue 13), decided once per process and
+    # applied in this thread: with torch's OpenMP backend a pooled worker thread keeps its
+    # own count. A process-wide choice is fine here: napari's own drawing does not use torch,
+    # and the Segment tab's predictions compete for the same cores as training does.
+    apply_torch_threads()
     trainer = make_trainer()
     yield TrainerReady(trainer)
     for report in trainer.steps():
