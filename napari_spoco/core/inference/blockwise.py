@@ -13,8 +13,11 @@ Why the blocks agree with a whole-volume run (docs/method.md, "Blockwise segment
   (``prediction.frozen_network``, calibration tiles spread over the whole volume) before any
   block runs, so a block's embeddings equal the whole-volume ones wherever the halo covers the
   network's context.
-- **Segmentation**: each block's mutex watershed sees its halo, so objects crossing a block face
-  are cut with the same long-range edges as in the whole volume, up to the halo depth.
+- **Segmentation**: each block's mutex watershed runs on its core plus the part of the halo
+  whose embeddings are exact (``halo - context`` deep: 7 x 14 x 14 voxels for the shipped 3D
+  model), so it sees objects crossing a face, though not every long repulsive edge of a pixel
+  next to the face (they reach 27 pixels in-plane); most disagreements with a whole-volume run
+  lie within a few pixels of a face (benchmarks/bench_blockwise.py).
 - **Stitching by overlap**: two neighbouring blocks both segment a slab of ``2 * w`` pixels
   around their shared face (``w`` = half the halo): ``w`` inside each one's core, ``w`` inside
   its halo. A segment of one block and a segment of the other are the same object when they
