@@ -16,12 +16,12 @@ import argparse
 import time
 
 import numpy as np
-
 from experiment_utils import dump, embed, mean_sd, mws, set_threads, train
-from napari_spoco.core.adversarial import AdversarialSettings
-from napari_spoco.core.metrics import adapted_rand_error
+
+from napari_spoco.core.evaluation.metrics import adapted_rand_error
 from napari_spoco.core.synthetic import make_tissue
 from napari_spoco.core.training import TrainingConfig
+from napari_spoco.core.training.adversarial import AdversarialSettings
 
 SETTINGS = {
     # (train shape, test shape, n test, patch, iterations)

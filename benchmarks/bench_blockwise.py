@@ -106,7 +106,7 @@ def write_volume(path: Path, shape: tuple, chunks: tuple, base_shape: tuple,
     """Write the image for ``shape`` into a zarr array at ``path``; return ``(gt or None, how)``."""
     import zarr
 
-    from napari_spoco.core.synthetic_tissue import make_tissue
+    from napari_spoco.core.synthetic.tissue import make_tissue
 
     chunks = tuple(min(c, s) for c, s in zip(chunks, shape))
     store = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="f4",
@@ -137,9 +137,9 @@ def child(argv) -> None:
     block = None if argv[3] == "-" else parse_shape(argv[3])
     halo = None if argv[4] == "-" else parse_shape(argv[4])
     start = time.perf_counter()
-    from napari_spoco.core.blockwise import dask_runner, segment_blockwise
-    from napari_spoco.core.checkpoint import load_model
-    from napari_spoco.core.segmentation import settings_for
+    from napari_spoco.core.inference.blockwise import dask_runner, segment_blockwise
+    from napari_spoco.core.inference.segmentation import settings_for
+    from napari_spoco.core.model.checkpoint import load_model
     from napari_spoco.models import model_path
 
     loaded = load_model(model_path(MODEL), "cpu")
@@ -227,9 +227,9 @@ def classical_watershed(image: np.ndarray, sigma=(0.5, 2.0, 2.0), h: float = 0.0
 
 def agreement(image: np.ndarray, cells: np.ndarray, blockwise: np.ndarray) -> list:
     """Rows ``(name, labels, seconds)`` for the whole-volume runs and the baseline."""
-    from napari_spoco.core.checkpoint import load_model
-    from napari_spoco.core.prediction import frozen_network, predict_with_foreground
-    from napari_spoco.core.segmentation import segment_output, settings_for
+    from napari_spoco.core.inference.prediction import frozen_network, predict_with_foreground
+    from napari_spoco.core.inference.segmentation import segment_output, settings_for
+    from napari_spoco.core.model.checkpoint import load_model
     from napari_spoco.models import model_path
 
     loaded = load_model(model_path(MODEL), "cpu")
@@ -251,7 +251,7 @@ def agreement(image: np.ndarray, cells: np.ndarray, blockwise: np.ndarray) -> li
 
 
 def print_agreement(shape, cells, blockwise, rows) -> None:
-    from napari_spoco.core.metrics import average_precision, count_objects, sbd
+    from napari_spoco.core.evaluation.metrics import average_precision, count_objects, sbd
 
     whole = rows[0][1]
     print(f"\nagreement on {'x'.join(map(str, shape))} (ground truth: "
@@ -268,7 +268,7 @@ def same_as_workers(outs) -> None:
     """Whether the blockwise labels do not depend on the number of workers."""
     import zarr
 
-    from napari_spoco.core.metrics import sbd
+    from napari_spoco.core.evaluation.metrics import sbd
 
     first = np.asarray(zarr.open_array(str(outs[0][1]), mode="r")[...])
     for workers, path in outs[1:]:
@@ -308,7 +308,7 @@ def main() -> None:
                         help="folder for the zarr volumes (default: a temporary one, removed)")
     args = parser.parse_args()
 
-    from napari_spoco.core.blockwise import DEFAULT_BLOCK
+    from napari_spoco.core.inference.blockwise import DEFAULT_BLOCK
 
     block = args.block_shape or DEFAULT_BLOCK[3]
     generated = [s for s in args.sizes if int(np.prod(s)) <= args.max_generated]

@@ -6,7 +6,7 @@ features 16,32,64,128, group norm) and the default ``predict_embeddings`` settin
 * a single whole-image pass (the peer),
 * the default tiled prediction (image-wide frozen group norm, default tiles and calibration),
 * the calibration alone (``freeze_group_norm`` on the default calibration tiles) with the
-  current :func:`~napari_spoco.core.frozen_norm.group_statistics` and with the previous one
+  current :func:`~napari_spoco.core.model.frozen_norm.group_statistics` and with the previous one
   (two float64 copies of every activation), so the saving of the change shows as a ratio.
 
 Usage: ``python benchmarks/bench_calibration.py [SIZE] [--threads N]`` (default 1024).
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from napari_spoco.core import frozen_norm
-from napari_spoco.core.prediction import predict_embeddings
-from napari_spoco.core.training_config import TrainingConfig
-from napari_spoco.core.unet import UNet
+from napari_spoco.core.inference.prediction import predict_embeddings
+from napari_spoco.core.model import frozen_norm
+from napari_spoco.core.model.unet import UNet
+from napari_spoco.core.training.config import TrainingConfig
 
 
 def float64_copy_statistics(x, num_groups):

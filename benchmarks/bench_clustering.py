@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
@@ -29,9 +30,12 @@ import numpy as np
 from napari_spoco.core.clustering import segment
 from napari_spoco.core.clustering.meanshift import DEFAULT_MAX_SAMPLES as MEANSHIFT_SAMPLES
 from napari_spoco.core.clustering.mutex_watershed import default_edge_layout, edge_strengths
-from napari_spoco.core.clustering.sampling import transfer_labels
-from napari_spoco.core.clustering.synthetic_embeddings import make_embeddings
-from napari_spoco.core.metrics import evaluate
+from napari_spoco.core.clustering.pixel_sampling import transfer_labels
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests"))
+from synthetic_embeddings import make_embeddings  # noqa: E402 (a test helper)
+
+from napari_spoco.core.evaluation.metrics import evaluate
 
 DATASETS = {
     "2d": {"full": ((512, 512), 150), "quick": ((256, 256), 40)},

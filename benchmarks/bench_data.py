@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-
-from napari_spoco.core.data import TrainingData
-from napari_spoco.core.sampling import subsample_objects
-from napari_spoco.core.unet import UNet
 from timing import median_time
+
+from napari_spoco.core.model.unet import UNet
+from napari_spoco.core.training.data import TrainingData
+from napari_spoco.core.training.sampling import subsample_objects
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "stardist"
 

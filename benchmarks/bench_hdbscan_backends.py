@@ -11,7 +11,7 @@ subsample is swapped between the two libraries. Both backends fit the SAME ``flo
 subsample, alternately, in the same process; the table reports the best wall time of
 ``--repeats`` fits (the fit alone: the label transfer is identical and not timed) and their
 median (the machine may be shared), the ratio to the ``hdbscan`` package, the SBD and the
-number of segments against the ground truth (:func:`napari_spoco.core.metrics.evaluate`),
+number of segments against the ground truth (:func:`napari_spoco.core.evaluation.metrics.evaluate`),
 and the agreement of the two backends: the adjusted Rand index on the sampled points and the
 SBD of one full label image against the other. A check asserts that the ``hdbscan`` rows equal
 ``hdbscan_labels`` itself. A backend that raises is reported as FAILED with its error and the
@@ -20,7 +20,7 @@ can be converted to Python scalars`` in ``traverse_upwards`` on some of our subs
 non-zero ``cluster_selection_epsilon`` (scikit-learn issue #33219, unfixed in 1.9.1).
 
 Embedding sets: the synthetic trained-like embeddings of
-:func:`~napari_spoco.core.clustering.synthetic_embeddings.make_embeddings` (Voronoi objects,
+``make_embeddings`` (tests/synthetic_embeddings.py) (Voronoi objects,
 16-d centers, noise ~delta_v / 2, blurred boundaries, as in ``bench_clustering.py``) for every
 ``--sizes`` entry, and, unless ``--no-real``, the embeddings the shipped ``ovules_2d`` model
 predicts (CPU, a few seconds) for a held-out synthetic ovules image (``make_tissue`` seed 1001,
@@ -56,19 +56,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
 
 from napari_spoco.core.clustering import hdbscan_clustering as fast_path
-from napari_spoco.core.clustering.sampling import (
+from napari_spoco.core.clustering.pixel_sampling import (
     draw_subsample,
     foreground_points,
     scatter_to_image,
     transfer_labels,
 )
-from napari_spoco.core.clustering.synthetic_embeddings import make_embeddings
-from napari_spoco.core.metrics import evaluate, sbd
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests"))
+from synthetic_embeddings import make_embeddings  # noqa: E402 (a test helper)
+
+from napari_spoco.core.evaluation.metrics import evaluate, sbd
 
 DELTA_V = 0.5
 # objects per image about as in bench_clustering.py: 39 on 256², 154 on 512², 40 on
@@ -218,7 +222,7 @@ def run_set(name, embeddings, truth, args):
 
 def real_set():
     """Embeddings of the shipped ovules_2d model on a held-out synthetic ovules image."""
-    from napari_spoco.core.prediction import predict_from_checkpoint
+    from napari_spoco.core.inference.prediction import predict_from_checkpoint
     from napari_spoco.core.synthetic import make_tissue
     from napari_spoco.models import model_path
 

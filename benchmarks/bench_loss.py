@@ -19,9 +19,9 @@ import copy
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
+from timing import median_time
 
 from napari_spoco.core.loss import SpocoLoss
-from timing import median_time
 
 BATCH, SIZE, EMB = 2, 256, 16
 
@@ -49,7 +49,7 @@ def loss_step(loss, emb_f, emb_g, labels, seed=0):
 
 
 def training_step_share(repeats: int, features: tuple[int, ...]) -> None:
-    from napari_spoco.core.unet import UNet
+    from napari_spoco.core.model.unet import UNet
 
     torch.manual_seed(0)
     model = UNet(in_channels=1, out_channels=EMB, ndim=2, features=features)

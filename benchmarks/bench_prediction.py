@@ -26,8 +26,8 @@ import torch
 import zarr
 from scipy import ndimage
 
-from napari_spoco.core.prediction import predict_embeddings
-from napari_spoco.core.unet import UNet
+from napari_spoco.core.inference.prediction import predict_embeddings
+from napari_spoco.core.model.unet import UNet
 
 
 def measure(label, function, pixels, reference=None):

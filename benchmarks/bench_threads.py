@@ -34,7 +34,7 @@ import time
 import torch
 
 from napari_spoco.core import run_defaults as rd
-from napari_spoco.core.synthetic_nuclei import make_nuclei
+from napari_spoco.core.synthetic.nuclei import make_nuclei
 from napari_spoco.core.training import Trainer, TrainingConfig
 
 SHAPE = (256, 256)

@@ -25,9 +25,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import nuclei_quality as protocol  # noqa: E402
 
-from napari_spoco.datasets import sample_dataset  # noqa: E402
-from napari_spoco.core.metrics import evaluate  # noqa: E402
+from napari_spoco.core.evaluation.metrics import evaluate  # noqa: E402
 from napari_spoco.core.training import Trainer, TrainingConfig  # noqa: E402
+from napari_spoco.datasets import sample_dataset  # noqa: E402
 
 METHODS = ("spoco", "crac", "both")
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from napari_spoco.core.clustering import segment
-from napari_spoco.core.prediction import predict_embeddings
+from napari_spoco.core.inference.prediction import predict_embeddings
 from napari_spoco.core.training import Trainer, TrainingConfig
 
 

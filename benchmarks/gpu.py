@@ -18,11 +18,11 @@ import time
 import numpy as np
 import torch
 
-from napari_spoco.core.distributed import amp_dtype, describe_device
-from napari_spoco.core.prediction import predict_embeddings
+from napari_spoco.core.inference.prediction import predict_embeddings
 from napari_spoco.core.run_defaults import resolve_run_settings
 from napari_spoco.core.synthetic import make_nuclei
 from napari_spoco.core.training import Trainer, TrainingConfig
+from napari_spoco.core.training.distributed import amp_dtype, describe_device
 
 SHAPES = {"2D": (1024, 1024), "3D": (64, 256, 256)}
 
@@ -54,7 +54,7 @@ def train_rate(pair, device, mixed_precision, steps, warmup):
 
 def predict_rate(trainer, image, device, use_amp):
     """Voxels/s of tiled prediction (autocast follows the device default unless off)."""
-    import napari_spoco.core.prediction as prediction
+    import napari_spoco.core.inference.prediction as prediction
 
     original = prediction.amp_dtype
     if not use_amp:  # the prediction's precision is decided by amp_dtype(device)

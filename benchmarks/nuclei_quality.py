@@ -27,17 +27,17 @@ import time
 import numpy as np
 import torch
 
-from napari_spoco.core.metrics import evaluate
-from napari_spoco.core.crac_segmentation import predict_affinities
-from napari_spoco.core.prediction import predict_with_foreground
-from napari_spoco.core.sampling import background_strokes, subsample_objects
-from napari_spoco.core.segmentation import (
+from napari_spoco.core.evaluation.metrics import evaluate
+from napari_spoco.core.inference.crac_segmentation import predict_affinities
+from napari_spoco.core.inference.prediction import predict_with_foreground
+from napari_spoco.core.inference.segmentation import (
     segment_output,
     segmentation_settings,
     settings_for,
     summarize_annotations,
 )
 from napari_spoco.core.training import Trainer, TrainingConfig
+from napari_spoco.core.training.sampling import background_strokes, subsample_objects
 from napari_spoco.datasets import sample_dataset
 
 BACKGROUND_ID = 65535

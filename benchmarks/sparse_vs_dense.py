@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-
 from experiment_utils import drop_largest, dump, embed, mean_sd, mws, set_threads, train
-from napari_spoco.core.metrics import dic, sbd
-from napari_spoco.core.sampling import subsample_objects
+
+from napari_spoco.core.evaluation.metrics import dic, sbd
 from napari_spoco.core.training import TrainingConfig
+from napari_spoco.core.training.sampling import subsample_objects
 
 DATA = Path(__file__).resolve().parents[1] / "napari_spoco" / "data" / "stardist"
 CROP = (slice(192, 320), slice(64, 192))

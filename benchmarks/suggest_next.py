@@ -27,13 +27,13 @@ import time
 
 import numpy as np
 import torch
-
 from nuclei_quality import BACKGROUND_ID, split, training_labels
-from napari_spoco.core.metrics import evaluate, overlaps
-from napari_spoco.core.prediction import predict_with_foreground
-from napari_spoco.core.segmentation import segment_output, settings_for
+
+from napari_spoco.core.evaluation.metrics import evaluate, overlaps
+from napari_spoco.core.inference.prediction import predict_with_foreground
+from napari_spoco.core.inference.segmentation import segment_output, settings_for
+from napari_spoco.core.inference.uncertainty import suggest_next, uncertainty_scores
 from napari_spoco.core.training import Trainer, TrainingConfig
-from napari_spoco.core.uncertainty import suggest_next, uncertainty_scores
 from napari_spoco.datasets import sample_dataset
 
 

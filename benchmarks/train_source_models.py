@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_spoco.core.checkpoint import load_model, save_checkpoint
 from napari_spoco.core.clustering import segment
-from napari_spoco.core.metrics import evaluate
-from napari_spoco.core.prediction import predict_embeddings
+from napari_spoco.core.evaluation.metrics import evaluate
+from napari_spoco.core.inference.prediction import predict_embeddings
+from napari_spoco.core.model.checkpoint import load_model, save_checkpoint
+from napari_spoco.core.model.unet import UNet
 from napari_spoco.core.synthetic import make_tissue
 from napari_spoco.core.training import Trainer, TrainingConfig
-from napari_spoco.core.unet import UNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from source_model_docs import plot_curve, write_docs  # noqa: E402

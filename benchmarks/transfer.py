@@ -34,14 +34,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from experiment_utils import dump, embed, mean_sd, mws, set_threads, train
-from napari_spoco.core.checkpoint import load_model
-from napari_spoco.core.metrics import adapted_rand_error
-from napari_spoco.core.normalization import Normalization
-from napari_spoco.core.sampling import subsample_objects
+
+from napari_spoco.core.evaluation.metrics import adapted_rand_error
+from napari_spoco.core.model.checkpoint import load_model
+from napari_spoco.core.model.normalization import Normalization
 from napari_spoco.core.synthetic import make_tissue
 from napari_spoco.core.training import TrainingConfig
+from napari_spoco.core.training.sampling import subsample_objects
 
 FRACTIONS = (0.01, 0.05, 0.10)
 SETTINGS = {

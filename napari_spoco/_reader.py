@@ -1,6 +1,6 @@
 """npe2 reader for napari-spoco checkpoints: dropping a ``.pt`` file loads it as the model.
 
-A bioimage.io model package (``.zip``) loads the same way (see ``core/bioimageio_import.py``).
+A bioimage.io model package (``.zip``) loads the same way (see ``core/model/bioimageio_import.py``).
 
 A checkpoint holds a network, not an image, so the reader returns napari's "nothing to add"
 sentinel ``[(None,)]`` after handing the checkpoint to the SPOCO dock widget (opening the dock
@@ -44,7 +44,7 @@ def get_reader(path):
     if str(path).lower().endswith(SUFFIXES):
         return read_checkpoint
     if str(path).lower().endswith(PACKAGE_SUFFIXES):
-        from napari_spoco.core.bioimageio_import import is_bioimageio_package
+        from napari_spoco.core.model.bioimageio_import import is_bioimageio_package
 
         # other zips and YAML files are not ours: let napari try its other readers
         return read_checkpoint if is_bioimageio_package(path) else None
@@ -59,8 +59,8 @@ def read_checkpoint(path):
     list
         ``[(None,)]``, napari's marker for "read successfully, nothing to show".
     """
-    from napari_spoco.core.checkpoint import load_checkpoint
     from napari_spoco.core.errors import CheckpointError
+    from napari_spoco.core.model.checkpoint import load_checkpoint
     from napari_spoco.widgets._session import dropped_models
     from napari_spoco.widgets.notifications import notify_error, notify_info
 

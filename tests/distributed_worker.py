@@ -16,8 +16,10 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).parent))
 from training_support import blobs  # noqa: E402
 
-from napari_spoco.core import distributed  # noqa: E402
-from napari_spoco.core.training import Trainer  # noqa: E402
+from napari_spoco.core.training import (
+    Trainer,  # noqa: E402
+    distributed,  # noqa: E402
+)
 
 
 def exact_config(**changes):

@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
+from training_support import blobs, tiny
 
-from napari_spoco.core.adversarial import (
+from napari_spoco.core.errors import SpocoInputError
+from napari_spoco.core.loss import TERM_NAMES
+from napari_spoco.core.model.checkpoint import load_checkpoint, load_model
+from napari_spoco.core.training import Trainer, TrainingConfig
+from napari_spoco.core.training.adversarial import (
     AdversarialSettings,
     Critic,
     WganGp,
@@ -17,13 +22,6 @@ from napari_spoco.core.adversarial import (
     kernel_scale,
     object_masks,
 )
-from napari_spoco.core.checkpoint import load_checkpoint, load_model
-from napari_spoco.core.errors import SpocoInputError
-from napari_spoco.core.loss import TERM_NAMES
-from napari_spoco.core.training import Trainer, TrainingConfig
-from training_support import blobs, tiny
-
-
 
 
 class HalfSquaredNorm(torch.nn.Module):

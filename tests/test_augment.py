@@ -3,7 +3,8 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from napari_spoco.core.augment import (
+from napari_spoco.core.errors import SpocoInputError
+from napari_spoco.core.training.augment import (
     AugmentConfig,
     Geometry,
     apply_geometry,
@@ -11,7 +12,6 @@ from napari_spoco.core.augment import (
     random_geometric,
     random_photometric,
 )
-from napari_spoco.core.errors import SpocoInputError
 
 DATA = "tests/data/stardist"
 EVERYTHING = AugmentConfig(scale_probability=1.0, elastic_probability=1.0, elastic_spacing=8)

@@ -9,15 +9,15 @@ import pytest
 import torch
 import yaml
 
-from napari_spoco.core.checkpoint import load_checkpoint, load_model, save_checkpoint
 from napari_spoco.core.errors import CheckpointError, SpocoInputError
-from napari_spoco.core.momentum import make_momentum_copy
-from napari_spoco.core.unet import UNet
+from napari_spoco.core.model.checkpoint import load_checkpoint, load_model, save_checkpoint
+from napari_spoco.core.model.momentum import make_momentum_copy
+from napari_spoco.core.model.unet import UNet
 
 pytest.importorskip("bioimageio.spec")
 pytest.importorskip("bioimageio.core")
 
-from napari_spoco.core.bioimageio_export import export_bioimageio  # noqa: E402
+from napari_spoco.core.model.bioimageio_export import export_bioimageio  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -218,7 +218,7 @@ def test_cli_predict_segment_and_train_take_a_package(exported, tmp_path):
     from training_support import blobs
 
     from napari_spoco.cli import main
-    from napari_spoco.core.prediction import predict_from_checkpoint
+    from napari_spoco.core.inference.prediction import predict_from_checkpoint
 
     checkpoint, package = exported
     if load_checkpoint(checkpoint)["architecture"]["ndim"] != 2:

@@ -7,14 +7,14 @@ import torch
 from test_bioimageio import no_network, tiny_checkpoint  # noqa: F401 (autouse fixture)
 from test_widgets_support import messages
 
-from napari_spoco.core.checkpoint import load_checkpoint
+from napari_spoco.core.model.checkpoint import load_checkpoint
 
 pytest.importorskip("bioimageio.spec")
 
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    from napari_spoco.core.bioimageio_export import export_bioimageio
+    from napari_spoco.core.model.bioimageio_export import export_bioimageio
 
     folder = tmp_path_factory.mktemp("package")
     return export_bioimageio(tiny_checkpoint(folder / "model.pt", 2), folder / "shared.zip")

@@ -8,12 +8,12 @@ import torch
 import zarr
 
 from napari_spoco.cli import main
-from napari_spoco.core import blockwise as bw
 from napari_spoco.core.errors import SpocoInputError
-from napari_spoco.core.prediction import frozen_network, predict_embeddings
-from napari_spoco.core.segmentation import segment_output, segmentation_settings
-from napari_spoco.core.synthetic_tissue import make_tissue
-from napari_spoco.core.unet import UNet
+from napari_spoco.core.inference import blockwise as bw
+from napari_spoco.core.inference.prediction import frozen_network, predict_embeddings
+from napari_spoco.core.inference.segmentation import segment_output, segmentation_settings
+from napari_spoco.core.model.unet import UNet
+from napari_spoco.core.synthetic.tissue import make_tissue
 
 
 class LabelEmbedding(torch.nn.Module):
@@ -154,7 +154,7 @@ def test_the_cli_predicts_blockwise_into_zarr(tmp_path):
     assert main(["predict", "--checkpoint", str(ckpt), "--image", str(tmp_path / "image.npy"),
                  "--out", str(tmp_path / "e.zarr"), "--blockwise", "--block-shape", "32",
                  "--scheduler", "synchronous", "--device", "cpu", "--no-progress"]) == 0
-    from napari_spoco.core.checkpoint import load_model
+    from napari_spoco.core.model.checkpoint import load_model
 
     loaded = load_model(ckpt, "cpu")
     frozen = frozen_network(loaded.model, image, loaded.normalization, device="cpu")
@@ -183,8 +183,8 @@ def test_blockwise_option_misuse_exits_2_with_a_reason(tmp_path, capsys, options
 
 
 def _tiny_checkpoint(path, image):
-    from napari_spoco.core.checkpoint import save_checkpoint
-    from napari_spoco.core.normalization import Normalization
+    from napari_spoco.core.model.checkpoint import save_checkpoint
+    from napari_spoco.core.model.normalization import Normalization
 
     torch.manual_seed(0)
     model = UNet(1, 4, 2, features=(4, 8), norm="group", num_groups=2)

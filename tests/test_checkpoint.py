@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_spoco.core import checkpoint as ckpt_module
-from napari_spoco.core.checkpoint import (
+from napari_spoco.core.errors import CheckpointError
+from napari_spoco.core.model import checkpoint as ckpt_module
+from napari_spoco.core.model.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     load_checkpoint,
@@ -18,9 +19,8 @@ from napari_spoco.core.checkpoint import (
     load_state,
     save_checkpoint,
 )
-from napari_spoco.core.errors import CheckpointError
+from napari_spoco.core.model.unet import UNet
 from napari_spoco.core.training import Trainer, TrainingConfig
-from napari_spoco.core.unet import UNet
 
 
 def _pair(seed=0, shape=(48, 48)):

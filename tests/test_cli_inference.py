@@ -12,12 +12,12 @@ import torch
 import zarr
 
 from napari_spoco.cli import main
-from napari_spoco.core.checkpoint import save_checkpoint
 from napari_spoco.core.clustering import segment
+from napari_spoco.core.inference.prediction import predict_from_checkpoint
 from napari_spoco.core.io import write_array
-from napari_spoco.core.normalization import Normalization
-from napari_spoco.core.prediction import predict_from_checkpoint
-from napari_spoco.core.unet import UNet
+from napari_spoco.core.model.checkpoint import save_checkpoint
+from napari_spoco.core.model.normalization import Normalization
+from napari_spoco.core.model.unet import UNet
 
 DATA = Path(__file__).parent / "data" / "stardist"
 

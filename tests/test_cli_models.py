@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_cli_train import files_2d  # noqa: F401 (fixture)
 
 from napari_spoco.cli import main
-from napari_spoco.core.checkpoint import load_checkpoint
 from napari_spoco.core.errors import SpocoInputError
+from napari_spoco.core.model.checkpoint import load_checkpoint
 from napari_spoco.models import model_path, resolve_checkpoint
-
-from test_cli_train import files_2d  # noqa: F401 (fixture)
 
 SHIPPED = ("ovules_2d", "ovules_3d")
 

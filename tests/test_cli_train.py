@@ -9,8 +9,8 @@ import pytest
 import tifffile
 
 from napari_spoco.cli import main
-from napari_spoco.core.checkpoint import load_checkpoint
 from napari_spoco.core.io import write_array
+from napari_spoco.core.model.checkpoint import load_checkpoint
 from napari_spoco.core.training import Trainer
 
 TINY = ["--features", "8", "16", "--batch-size", "1", "--iterations", "2", "--device", "cpu",

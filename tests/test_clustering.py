@@ -6,10 +6,10 @@ import types
 import numpy as np
 import pytest
 from skimage import measure
+from synthetic_embeddings import make_embeddings
 
 from napari_spoco.core.clustering import affinities, default_edge_layout, segment
 from napari_spoco.core.clustering.mutex_watershed import edge_strengths, mutex_watershed
-from napari_spoco.core.clustering.synthetic_embeddings import make_embeddings
 from napari_spoco.core.errors import SpocoInputError
 
 

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 from sklearn.cluster import MeanShift
+from synthetic_embeddings import make_embeddings
 
 from napari_spoco.core.clustering import segment
 from napari_spoco.core.clustering.consistency import consistent_clusters
 from napari_spoco.core.clustering.hdbscan_clustering import hdbscan_labels
 from napari_spoco.core.clustering.meanshift import bin_seeds, mean_shift_centers
-from napari_spoco.core.clustering.synthetic_embeddings import make_embeddings
 
 
 def same_partition(a, b):

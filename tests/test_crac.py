@@ -5,8 +5,11 @@ import pytest
 import torch
 
 from napari_spoco.cli import main
-from napari_spoco.core.checkpoint import load_checkpoint, load_model, save_checkpoint
-from napari_spoco.core.crac_loss import (
+from napari_spoco.core.errors import SpocoInputError
+from napari_spoco.core.inference.crac_segmentation import predict_affinities, segment_affinities
+from napari_spoco.core.inference.segmentation import segment_output, settings_for
+from napari_spoco.core.io import read_array, write_array
+from napari_spoco.core.loss.crac import (
     CracLoss,
     CracSettings,
     _pair_slices,
@@ -15,12 +18,9 @@ from napari_spoco.core.crac_loss import (
     edge_offsets,
     implicit_affinities,
 )
-from napari_spoco.core.crac_segmentation import predict_affinities, segment_affinities
-from napari_spoco.core.errors import SpocoInputError
-from napari_spoco.core.io import read_array, write_array
-from napari_spoco.core.segmentation import segment_output, settings_for
+from napari_spoco.core.model.checkpoint import load_checkpoint, load_model, save_checkpoint
+from napari_spoco.core.model.unet import UNet
 from napari_spoco.core.training import Trainer, TrainingConfig
-from napari_spoco.core.unet import UNet
 
 OFFSETS = edge_offsets(2)
 

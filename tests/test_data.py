@@ -7,11 +7,11 @@ import pytest
 import tifffile
 import torch
 
-import napari_spoco.core.data as data_module
-from napari_spoco.core.data import TrainingData, validate_pair
+import napari_spoco.core.training.data as data_module
 from napari_spoco.core.errors import SpocoInputError
-from napari_spoco.core.normalization import Normalization
-from napari_spoco.core.sampling import subsample_objects
+from napari_spoco.core.model.normalization import Normalization
+from napari_spoco.core.training.data import TrainingData, validate_pair
+from napari_spoco.core.training.sampling import subsample_objects
 
 DATA = "tests/data/stardist"
 

@@ -1,4 +1,4 @@
-"""Data-parallel training (core/distributed.py) and the mixed-precision decisions.
+"""Data-parallel training (core/training/distributed.py) and the mixed-precision decisions.
 
 The 2-process run uses gloo on the CPU through ``torchrun`` (tests/distributed_worker.py),
 augmentation on, a loss without random anchors (``anchor_at_mean``, consistency weight 0) and
@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from distributed_worker import exact_config
-from napari_spoco.core import distributed
-from napari_spoco.core.checkpoint import load_checkpoint
-from napari_spoco.core.errors import SpocoInputError
-from napari_spoco.core.training import Trainer
 from training_support import blobs, tiny
+
+from napari_spoco.core.errors import SpocoInputError
+from napari_spoco.core.model.checkpoint import load_checkpoint
+from napari_spoco.core.training import Trainer, distributed
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
@@ -60,7 +59,7 @@ def test_only_rank_0_writes_and_f_and_g_stay_identical_across_ranks(two_rank_run
 
 
 def test_rank_batch_is_the_slice_of_the_global_batch():
-    from napari_spoco.core.data import TrainingData
+    from napari_spoco.core.training.data import TrainingData
 
     data = TrainingData([blobs()], ndim=2, patch_shape=(16, 16))
     whole = data.sample_batch(4, np.random.default_rng(5))

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 import torch
-
-from napari_spoco.core.checkpoint import load_model, save_checkpoint
-from napari_spoco.core.foreground import foreground_loss, foreground_targets, object_rings
-from napari_spoco.core.prediction import predict_embeddings, predict_with_foreground
-from napari_spoco.core.sampling import background_strokes
-from napari_spoco.core.training import Trainer
-from napari_spoco.core.unet import UNet
 from training_support import blobs, tiny
+
+from napari_spoco.core.inference.prediction import predict_embeddings, predict_with_foreground
+from napari_spoco.core.loss.foreground import foreground_loss, foreground_targets, object_rings
+from napari_spoco.core.model.checkpoint import load_model, save_checkpoint
+from napari_spoco.core.model.unet import UNet
+from napari_spoco.core.training import Trainer
+from napari_spoco.core.training.sampling import background_strokes
 
 
 def test_targets_follow_the_label_convention():

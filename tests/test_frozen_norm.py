@@ -7,17 +7,21 @@ import pytest
 import torch
 import zarr
 
-from napari_spoco.core.checkpoint import LoadedModel
 from napari_spoco.core.errors import SpocoInputError
-from napari_spoco.core.frozen_norm import (
+from napari_spoco.core.inference.prediction import (
+    frozen_network,
+    predict_embeddings,
+    predict_two_views,
+)
+from napari_spoco.core.model.checkpoint import LoadedModel
+from napari_spoco.core.model.frozen_norm import (
     FrozenGroupNorm,
     calibration_regions,
     freeze_group_norm,
     has_group_norm,
 )
-from napari_spoco.core.normalization import Normalization
-from napari_spoco.core.prediction import frozen_network, predict_embeddings, predict_two_views
-from napari_spoco.core.unet import UNet
+from napari_spoco.core.model.normalization import Normalization
+from napari_spoco.core.model.unet import UNet
 
 
 def group_norm_unet(ndim=2, seed=0, features=(4, 8), **kwargs):

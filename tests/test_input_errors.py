@@ -24,15 +24,15 @@ import torch
 from test_cli_inference import tiny_checkpoint
 from test_cli_train import blobs
 
-from napari_spoco.core.checkpoint import load_checkpoint, load_model, save_checkpoint
 from napari_spoco.core.clustering import segment
 from napari_spoco.core.errors import CheckpointError, SpocoInputError
+from napari_spoco.core.evaluation.metrics import evaluate
+from napari_spoco.core.inference.prediction import predict_embeddings
 from napari_spoco.core.io import CHECKPOINT_SUFFIXES, check_output, read_array, write_array
 from napari_spoco.core.loss import SpocoLoss
-from napari_spoco.core.metrics import evaluate
-from napari_spoco.core.prediction import predict_embeddings
+from napari_spoco.core.model.checkpoint import load_checkpoint, load_model, save_checkpoint
+from napari_spoco.core.model.unet import UNet
 from napari_spoco.core.training import Trainer, TrainingConfig
-from napari_spoco.core.unet import UNet
 from napari_spoco.core.validation import check_clustering_params, validate_pair
 
 TINY = ["--features", "4", "8", "--batch-size", "1", "--iterations", "1", "--device", "cpu",

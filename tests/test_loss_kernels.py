@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_spoco.core import loss_kernels, loss_terms
-from napari_spoco.core.loss_kernels import radial_sum
-from napari_spoco.core.loss_terms import (
+from napari_spoco.core.loss import kernels as loss_kernels
+from napari_spoco.core.loss import terms as loss_terms
+from napari_spoco.core.loss.kernels import radial_sum
+from napari_spoco.core.loss.terms import (
     consistency_term,
     draw_consistency_anchors,
     draw_one_per_segment,

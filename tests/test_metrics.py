@@ -5,8 +5,8 @@ import pytest
 from skimage.metrics import adapted_rand_error as skimage_are
 from skimage.metrics import variation_of_information
 
-from napari_spoco.core import metrics
 from napari_spoco.core.errors import SpocoInputError
+from napari_spoco.core.evaluation import metrics
 
 # gt objects: g1 = pixels 0-3, g2 = 4-5; seg objects: s3 = 0-2, s4 = 4-6, s5 = 7
 GT = np.array([[1, 1, 1, 1, 2, 2, 0, 0]])

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_spoco.core.checkpoint import load_model
 from napari_spoco.core.clustering import segment
 from napari_spoco.core.errors import SpocoInputError
-from napari_spoco.core.metrics import adapted_rand_error
-from napari_spoco.core.prediction import predict_embeddings
+from napari_spoco.core.evaluation.metrics import adapted_rand_error
+from napari_spoco.core.inference.prediction import predict_embeddings
+from napari_spoco.core.model.checkpoint import load_model
+from napari_spoco.core.model.unet import UNet
 from napari_spoco.core.synthetic import make_tissue
-from napari_spoco.core.unet import UNet
 from napari_spoco.models import MANIFEST, MODELS_DIR, available_models, model_info, model_path
 
 SHIPPED = {"ovules_2d": 2, "ovules_3d": 3}

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from test_cli_inference import tiny_checkpoint
 
 from napari_spoco.cli import build_parser, main
 from napari_spoco.cli.predict import read_image, resolve_channel_axis
 from napari_spoco.core import run_defaults as rd
 from napari_spoco.core.errors import SpocoInputError
+from napari_spoco.core.inference.segmentation import segmentation_settings
 from napari_spoco.core.io import check_output, read_array, write_array
 from napari_spoco.core.ome_zarr import (
     channel_axis_from_metadata,
@@ -21,8 +23,6 @@ from napari_spoco.core.ome_zarr import (
     read_pyramid,
     read_voxel_size,
 )
-from napari_spoco.core.segmentation import segmentation_settings
-from test_cli_inference import tiny_checkpoint
 
 
 def ome_image(path, image, axes="yx", scale=None, fmt_version="0.5"):
@@ -179,9 +179,9 @@ def tiny_3d_checkpoint(path, in_channels, image):
     """A 3D network as small as ``tiny_checkpoint``'s 2D one (no training run's channel axis)."""
     import torch
 
-    from napari_spoco.core.checkpoint import save_checkpoint
-    from napari_spoco.core.normalization import Normalization
-    from napari_spoco.core.unet import UNet
+    from napari_spoco.core.model.checkpoint import save_checkpoint
+    from napari_spoco.core.model.normalization import Normalization
+    from napari_spoco.core.model.unet import UNet
 
     torch.manual_seed(0)
     model = UNet(in_channels, 4, 3, features=(4, 8), norm="group", num_groups=2)
@@ -195,8 +195,8 @@ def tiny_3d_checkpoint(path, in_channels, image):
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
 def test_the_ome_channel_axis_is_the_cli_channel_axis_without_the_option(tmp_path, version):
-    from napari_spoco.core.checkpoint import load_model
-    from napari_spoco.core.prediction import predict_from_checkpoint
+    from napari_spoco.core.inference.prediction import predict_from_checkpoint
+    from napari_spoco.core.model.checkpoint import load_model
 
     image = np.random.default_rng(2).normal(100, 20, (2, 24, 20)).astype(np.float32)
     path = ome_image(tmp_path / "two.ome.zarr", image, "cyx", fmt_version=version)
@@ -333,7 +333,7 @@ def test_training_images_share_the_channel_axis_of_their_metadata(tmp_path):
 
 
 def test_training_on_a_cyx_ome_image_takes_its_channel_axis(tmp_path, capsys):
-    from napari_spoco.core.checkpoint import load_checkpoint, load_model
+    from napari_spoco.core.model.checkpoint import load_checkpoint, load_model
 
     rng = np.random.default_rng(6)
     labels = np.zeros((40, 40), np.uint16)

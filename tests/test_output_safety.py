@@ -14,9 +14,9 @@ from test_cli_train import TINY, blobs
 
 from napari_spoco.cli import main
 from napari_spoco.core import io
-from napari_spoco.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from napari_spoco.core.errors import SpocoInputError
 from napari_spoco.core.io import check_output, read_array, write_array
+from napari_spoco.core.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from napari_spoco.core.training import Trainer
 
 
@@ -149,7 +149,7 @@ def test_a_zarr_store_is_replaced_whole(tmp_path):
 
 
 def test_a_failed_streamed_prediction_leaves_no_store(tmp_path, monkeypatch):
-    from napari_spoco.core import prediction
+    from napari_spoco.core.inference import prediction
 
     image = write_array(tmp_path / "img.npy", np.random.default_rng(0).normal(size=(32, 32)))
     ckpt = tiny_checkpoint(tmp_path / "m.pt")

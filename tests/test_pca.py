@@ -10,7 +10,7 @@ import zarr
 from sklearn.decomposition import PCA
 
 from napari_spoco.core.errors import SpocoInputError
-from napari_spoco.core.pca import EmbeddingPCA, pca_rgb
+from napari_spoco.core.inference.pca import EmbeddingPCA, pca_rgb
 
 
 def anisotropic_embeddings(shape=(60, 70), n_dims=6, seed=0):

@@ -9,17 +9,17 @@ import pytest
 import torch
 import zarr
 
-from napari_spoco.core.checkpoint import LoadedModel, save_checkpoint
 from napari_spoco.core.errors import SpocoInputError
-from napari_spoco.core.normalization import Normalization
-from napari_spoco.core.prediction import (
+from napari_spoco.core.inference.prediction import (
     PredictionCancelled,
     predict_embeddings,
     predict_from_checkpoint,
     predict_two_views,
 )
-from napari_spoco.core.tiling import plan_tiles, window
-from napari_spoco.core.unet import UNet
+from napari_spoco.core.inference.tiling import plan_tiles, window
+from napari_spoco.core.model.checkpoint import LoadedModel, save_checkpoint
+from napari_spoco.core.model.normalization import Normalization
+from napari_spoco.core.model.unet import UNet
 
 
 def small_unet(ndim=2, in_channels=1, norm=None, seed=0, features=(4, 8), **kwargs):

@@ -38,9 +38,9 @@ import tifffile
 import torch
 from sklearn.metrics import roc_auc_score
 
-from napari_spoco.core.prediction import predict_embeddings
-from napari_spoco.core.sampling import subsample_objects
+from napari_spoco.core.inference.prediction import predict_embeddings
 from napari_spoco.core.training import Trainer, TrainingConfig
+from napari_spoco.core.training.sampling import subsample_objects
 
 DATA = Path(__file__).parent / "data" / "stardist"
 DELTA_D = 2.0

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from napari_spoco.core import run_defaults as rd
-from napari_spoco.core.data import TrainingData
 from napari_spoco.core.training import Trainer, TrainingConfig
+from napari_spoco.core.training.data import TrainingData
 
 # -- the rules ---------------------------------------------------------------------------------
 
@@ -306,8 +306,8 @@ def test_segment_tab_and_cli_decide_mws_anisotropy_alike_from_the_voxel_size(
     from training_support import tiny
 
     from napari_spoco.cli import segment as cli_segment
-    from napari_spoco.core import segmentation
-    from napari_spoco.core.checkpoint import load_model
+    from napari_spoco.core.inference import segmentation
+    from napari_spoco.core.model.checkpoint import load_model
     from napari_spoco.widgets.workers import Progress, predict_and_segment
 
     rng = np.random.default_rng(0)

@@ -4,14 +4,14 @@ import argparse
 
 import numpy as np
 import pytest
+from synthetic_embeddings import make_embeddings
+from training_support import blobs, tiny
 
 from napari_spoco.cli.segment import add_parser, settings_from_args
-from napari_spoco.core.checkpoint import load_model
 from napari_spoco.core.clustering import segment
-from napari_spoco.core.clustering.synthetic_embeddings import make_embeddings
 from napari_spoco.core.errors import SpocoInputError
-from napari_spoco.core.metrics import evaluate
-from napari_spoco.core.segmentation import (
+from napari_spoco.core.evaluation.metrics import evaluate
+from napari_spoco.core.inference.segmentation import (
     MIN_SIZE_FRACTION,
     NO_BACKGROUND_NOTE,
     segment_output,
@@ -19,8 +19,8 @@ from napari_spoco.core.segmentation import (
     settings_for,
     summarize_annotations,
 )
+from napari_spoco.core.model.checkpoint import load_model
 from napari_spoco.core.training import Trainer
-from training_support import blobs, tiny
 
 
 def test_annotation_summary_sizes_and_background():

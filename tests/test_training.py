@@ -10,14 +10,12 @@ import time
 import numpy as np
 import pytest
 import torch
-
-from napari_spoco.core.checkpoint import load_checkpoint
-from napari_spoco.core.errors import SpocoInputError
-from napari_spoco.core.loss import TERM_NAMES, SpocoLoss
-from napari_spoco.core.training import LossSettings, Trainer, TrainingConfig
 from training_support import blobs, tiny
 
-
+from napari_spoco.core.errors import SpocoInputError
+from napari_spoco.core.loss import TERM_NAMES, SpocoLoss
+from napari_spoco.core.model.checkpoint import load_checkpoint
+from napari_spoco.core.training import LossSettings, Trainer, TrainingConfig
 
 
 def run_all(trainer):
@@ -277,7 +275,7 @@ def test_short_3d_training_runs_end_to_end(tmp_path):
 def test_the_run_settings_are_resolved_without_changing_the_users_config(tmp_path):
     from training_support import blobs, tiny
 
-    from napari_spoco.core.training_config import resolve_config
+    from napari_spoco.core.training.config import resolve_config
 
     chosen = tiny(lr=None, iterations=0, method="crac")
     before = chosen.to_dict()
@@ -286,7 +284,7 @@ def test_the_run_settings_are_resolved_without_changing_the_users_config(tmp_pat
     assert first.to_dict() == Trainer([blobs()], chosen).config.to_dict()  # same in, same out
     assert first.lr == pytest.approx(2e-4) and first.affinity_channels > 0 and first.ndim == 2
     source = Trainer([blobs()], tiny(lr=1e-3, iterations=0)).save(tmp_path / "source.pt")
-    from napari_spoco.core.checkpoint import load_checkpoint
+    from napari_spoco.core.model.checkpoint import load_checkpoint
 
     tuned = resolve_config(tiny(lr=None), [blobs()], load_checkpoint(source), str(source))
     assert tuned.lr == pytest.approx(1e-4)  # a tenth of the source's, decided in one place

@@ -2,18 +2,17 @@
 
 import numpy as np
 import pytest
+from training_support import blobs, tiny
 
 from napari_spoco.core.errors import SpocoInputError
-from napari_spoco.core.training import Trainer
-from napari_spoco.core.uncertainty import (
+from napari_spoco.core.inference.uncertainty import (
     embedding_disagreement,
     segment_means,
     segmentation_disagreement,
     suggest_next,
     uncertainty_scores,
 )
-
-from training_support import blobs, tiny
+from napari_spoco.core.training import Trainer
 
 
 def three_segments():

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_spoco.core.errors import SpocoInputError
-from napari_spoco.core.unet import UNet
+from napari_spoco.core.model.unet import UNet
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from test_widgets_support import (
     wait_until_still,
 )
 
-from napari_spoco.core.checkpoint import load_model
+from napari_spoco.core.model.checkpoint import load_model
 
 pytestmark = pytest.mark.gui
 

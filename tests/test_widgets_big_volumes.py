@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_spoco.core.blockwise import needs_blockwise
-from napari_spoco.core.normalization import Normalization
-from napari_spoco.core.unet import UNet
+from napari_spoco.core.inference.blockwise import needs_blockwise
+from napari_spoco.core.model.normalization import Normalization
+from napari_spoco.core.model.unet import UNet
 from napari_spoco.widgets.workers import Progress, predict_and_segment
 
 

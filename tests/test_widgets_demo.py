@@ -9,7 +9,7 @@ import tifffile
 
 from napari_spoco.cli import main
 from napari_spoco.cli.demo import has_display
-from napari_spoco.core.checkpoint import load_model
+from napari_spoco.core.model.checkpoint import load_model
 
 
 @pytest.mark.slow

@@ -12,9 +12,9 @@ from test_widgets_support import (
     wait_until,
 )
 
-from napari_spoco.core.checkpoint import save_checkpoint
-from napari_spoco.core.normalization import Normalization
-from napari_spoco.core.unet import UNet
+from napari_spoco.core.model.checkpoint import save_checkpoint
+from napari_spoco.core.model.normalization import Normalization
+from napari_spoco.core.model.unet import UNet
 
 pytestmark = pytest.mark.gui
 

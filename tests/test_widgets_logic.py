@@ -229,8 +229,9 @@ def test_status_line_shows_the_whole_error():
 def test_clustering_form_fills_dropped_small_pieces_by_default(qtbot):
     # Mutex watershed leaves 1-4 pixel pieces on blurred boundaries; min_size alone turns them
     # into holes, so the form asks for them to be filled from their neighbours.
+    from synthetic_embeddings import make_embeddings
+
     from napari_spoco.core.clustering import segment
-    from napari_spoco.core.clustering.synthetic_embeddings import make_embeddings
     from napari_spoco.widgets.clustering_form import ClusteringForm
 
     form = ClusteringForm()
@@ -254,13 +255,13 @@ def test_dock_and_cli_decide_the_same_clustering_for_one_checkpoint(qtbot, tmp_p
     # decision to core.segmentation, exactly as `napari-spoco segment` with no option does.
     import argparse
 
+    from training_support import blobs, tiny
+
     from napari_spoco.cli.segment import add_parser, settings_from_args
-    from napari_spoco.core.checkpoint import load_model
-    from napari_spoco.core.segmentation import settings_for
+    from napari_spoco.core.inference.segmentation import settings_for
+    from napari_spoco.core.model.checkpoint import load_model
     from napari_spoco.core.training import Trainer
     from napari_spoco.widgets.clustering_form import ClusteringForm
-
-    from training_support import blobs, tiny
 
     image, truth = blobs()
     truth[40:44, 40:46] = 99

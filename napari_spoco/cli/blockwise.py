@@ -91,7 +91,7 @@ def run_blockwise(args, loaded, image, settings, labels_out=None, embeddings_out
 
     import zarr
 
-    from napari_spoco.core.blockwise import dask_runner, segment_blockwise
+    from napari_spoco.core.inference.blockwise import dask_runner, segment_blockwise
     from napari_spoco.core.io import atomic_store
     from napari_spoco.core.ome_zarr import labels_target, write_ome_labels
 

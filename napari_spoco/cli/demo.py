@@ -111,11 +111,11 @@ def run_headless(sample: str, out: Path, iterations: int | None = None, fraction
         Paths written, timings and the metrics against the sample's ground truth.
     """
     from napari_spoco.core.devices import resolve_device
+    from napari_spoco.core.evaluation.metrics import evaluate
+    from napari_spoco.core.inference.pca import EmbeddingPCA
+    from napari_spoco.core.inference.prediction import predict_with_foreground
+    from napari_spoco.core.inference.segmentation import segment_output, settings_for
     from napari_spoco.core.io import write_array
-    from napari_spoco.core.metrics import evaluate
-    from napari_spoco.core.pca import EmbeddingPCA
-    from napari_spoco.core.prediction import predict_with_foreground
-    from napari_spoco.core.segmentation import segment_output, settings_for
     from napari_spoco.core.training import Trainer
     from napari_spoco.datasets import sample_dataset
 

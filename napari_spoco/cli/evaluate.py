@@ -51,8 +51,8 @@ def format_table(metrics: dict) -> str:
 
 def run(args) -> int:
     """Run ``napari-spoco evaluate``."""
+    from napari_spoco.core.evaluation.metrics import evaluate
     from napari_spoco.core.io import read_array
-    from napari_spoco.core.metrics import evaluate
 
     metrics = evaluate(read_array(args.gt), read_array(args.seg))
     metrics = {key: (value if isinstance(value, int) else float(value))

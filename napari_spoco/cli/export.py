@@ -40,8 +40,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     """Export ``--checkpoint`` to ``--out``; bad input raises ``SpocoInputError`` (exit 2)."""
-    from napari_spoco.core.bioimageio_export import export_bioimageio
     from napari_spoco.core.io import read_array
+    from napari_spoco.core.model.bioimageio_export import export_bioimageio
     from napari_spoco.models import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.checkpoint)

@@ -201,7 +201,7 @@ def predict_to(args, loaded, image, out_path, momentum: bool = False):
     foreground : ndarray or None
         Foreground probability; None for a network without the foreground head.
     """
-    from napari_spoco.core.prediction import predict_with_foreground, select_network
+    from napari_spoco.core.inference.prediction import predict_with_foreground, select_network
 
     model = select_network(loaded, momentum)
     channel_axis = resolve_channel_axis(args, tuple(image.shape), loaded)
@@ -251,8 +251,8 @@ def run(args) -> int:
     check_outputs([("--out", args.out), ("--pca", args.pca), ("--foreground", args.foreground)],
                   [("--checkpoint", args.checkpoint), ("--image", args.image)], args.overwrite)
     # torch comes with these: imported only once the outputs are known to be writable
-    from napari_spoco.core.checkpoint import load_model
-    from napari_spoco.core.pca import pca_rgb
+    from napari_spoco.core.inference.pca import pca_rgb
+    from napari_spoco.core.model.checkpoint import load_model
 
     loaded = load_model(args.checkpoint, args.device)
     image = read_image(args.image)

@@ -158,7 +158,7 @@ def _check_sources(args) -> None:
 
 def settings_from_args(args, loaded, ndim: int):
     """``segmentation_settings`` of the checkpoint, with the options the user gave."""
-    from napari_spoco.core.segmentation import segmentation_settings, settings_for
+    from napari_spoco.core.inference.segmentation import segmentation_settings, settings_for
 
     merge = {None: None, "none": False, "all": True, "adjacent": "adjacent"}[args.merge]
     chosen = dict(delta_v=args.delta_v, delta_d=args.delta_d, min_size=args.min_size,
@@ -181,7 +181,7 @@ def image_voxel_size(args, ndim: int):
 
 def _predict_g(args, loaded, image) -> np.ndarray:
     """g's embeddings of a seeded photometric augmentation of the image."""
-    from napari_spoco.core.prediction import predict_augmented_view
+    from napari_spoco.core.inference.prediction import predict_augmented_view
 
     from .predict import resolve_channel_axis
 
@@ -197,8 +197,8 @@ def _predict_g(args, loaded, image) -> np.ndarray:
 
 def _predict_affinities(args, loaded, image) -> np.ndarray:
     """The affinity head's explicit affinities (CRAC checkpoints)."""
-    from napari_spoco.core.crac_segmentation import predict_affinities
     from napari_spoco.core.errors import SpocoInputError
+    from napari_spoco.core.inference.crac_segmentation import predict_affinities
 
     from .predict import resolve_channel_axis
 
@@ -246,14 +246,14 @@ def run(args) -> int:
     """Run ``napari-spoco segment``."""
     check_options(args)
     # torch comes with these: imported only once the options are known to be usable
-    from napari_spoco.core.checkpoint import load_model
+    from napari_spoco.core.inference.segmentation import segment_output
     from napari_spoco.core.io import read_array, write_array
-    from napari_spoco.core.segmentation import segment_output
+    from napari_spoco.core.model.checkpoint import load_model
 
     loaded = load_model(args.checkpoint, args.device) if args.checkpoint else None
     image = read_image(args.image) if args.image else None
     if args.blockwise:
-        from napari_spoco.core.prediction import model_ndim
+        from napari_spoco.core.inference.prediction import model_ndim
 
         channel_axis = resolve_channel_axis(args, tuple(image.shape), loaded)
         ndim = model_ndim(loaded.model, len(image.shape), channel_axis)

@@ -112,7 +112,7 @@ def read_pairs(args) -> list:
     """Read the ``--image``/``--labels`` files, applying ``--fraction`` if given."""
     from napari_spoco.core.errors import SpocoInputError
     from napari_spoco.core.io import read_array
-    from napari_spoco.core.sampling import subsample_objects
+    from napari_spoco.core.training.sampling import subsample_objects
 
     if len(args.image) != len(args.labels):
         raise SpocoInputError(
@@ -207,8 +207,8 @@ def resolve_source(args) -> None:
 def run_settings(args, shapes):
     """lr, iterations, patch, batch and anisotropy: the options given, else the defaults of
     ``core.run_defaults`` for these image shapes, the device and the ``--source`` model."""
-    from napari_spoco.core.checkpoint import load_checkpoint
     from napari_spoco.core.devices import resolve_device
+    from napari_spoco.core.model.checkpoint import load_checkpoint
     from napari_spoco.core.run_defaults import resolve_run_settings, source_learning_rate
 
     source_lr = None
@@ -258,8 +258,8 @@ def check_out(args) -> Path:
 
 def check_resume_options(args) -> None:
     """Refuse settings a resumed run would silently ignore (it continues with its own)."""
-    from napari_spoco.core.checkpoint import load_checkpoint
     from napari_spoco.core.errors import SpocoInputError
+    from napari_spoco.core.model.checkpoint import load_checkpoint
 
     given = ["--" + name.replace("_", "-") for name in RESUMED_SETTINGS
              if getattr(args, name) is not None]
@@ -352,10 +352,11 @@ def progress_lines_wanted(args, stream=None) -> bool:
 def run(args) -> int:
     """Train, showing the loss in a progress bar; save at the end and on Ctrl-C.
 
-    Under ``torchrun`` every process trains its share of the batch (``core/distributed.py``).
+    Under ``torchrun`` every process trains its share of the batch
+    (``core/training/distributed.py``).
     """
-    from napari_spoco.core import distributed
     from napari_spoco.core.errors import SpocoInputError
+    from napari_spoco.core.training import distributed
 
     if not args.progress_seconds >= 0:
         raise SpocoInputError(
@@ -379,7 +380,7 @@ def torch_threads() -> int:
 def _train(args, context) -> int:
     from tqdm import tqdm
 
-    from napari_spoco.core.distributed import device_line
+    from napari_spoco.core.training.distributed import device_line
 
     def say(text):
         if context.is_main:
@@ -410,7 +411,7 @@ def _train(args, context) -> int:
         + (f", {context.describe()}, global batch {config.batch_size * context.world_size}"
            if context.active else "")
         + f", {torch_threads()} CPU thread(s)")
-    from napari_spoco.core.segmentation import settings_for
+    from napari_spoco.core.inference.segmentation import settings_for
 
     for note in settings_for(trainer).notes:
         say(f"note: {note}")

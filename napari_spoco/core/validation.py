@@ -1,6 +1,6 @@
 """Checks of one (image, labels) training pair, with messages that say how to fix the input.
 
-``validate_pair`` is re-exported by :mod:`napari_spoco.core.data`, its documented home.
+``validate_pair`` is re-exported by :mod:`napari_spoco.core.training.data`, its documented home.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ checkpoints (written by ``benchmarks/train_source_models.py``, which reproduces 
 lists only entries whose ``.pt`` file is installed. Load a model with the ordinary checkpoint
 code::
 
-    from napari_spoco.core.checkpoint import load_model
+    from napari_spoco.core.model.checkpoint import load_model
     from napari_spoco.models import available_models, model_path
 
     [info.name for info in available_models()]     # ['ovules_2d', 'ovules_3d']
@@ -145,7 +145,7 @@ def resolve_checkpoint(value) -> Path:
     >>> resolve_checkpoint("ovules_2d").name
     'ovules_2d.pt'
     """
-    from napari_spoco.core.bioimageio_import import is_bioimageio_package
+    from napari_spoco.core.model.bioimageio_import import is_bioimageio_package
 
     path = Path(value).expanduser()
     if path.is_file() or (path.is_dir() and is_bioimageio_package(path)):

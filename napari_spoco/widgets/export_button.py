@@ -52,7 +52,7 @@ class ExportButton(QPushButton):
         status.setText(f"exporting {Path(checkpoint).name} to {out}…")
 
         def export():
-            from napari_spoco.core.bioimageio_export import export_bioimageio
+            from napari_spoco.core.model.bioimageio_export import export_bioimageio
 
             return export_bioimageio(checkpoint, out, overwrite=True)
 

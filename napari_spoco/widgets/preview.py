@@ -88,7 +88,7 @@ class ModelSnapshot:
 
     def build(self, momentum: bool = False):
         """A fresh ``UNet`` in eval mode holding f (or g with ``momentum=True``)."""
-        from napari_spoco.core.unet import UNet
+        from napari_spoco.core.model.unet import UNet
 
         network = UNet.from_config(dict(self.architecture))
         network.load_state_dict(self.momentum_state if momentum else self.model_state)
@@ -159,7 +159,7 @@ def compute_preview(trainer, request: PreviewRequest, method: str = "mws") -> Pr
     Runs in the training thread between steps, on the trainer's device, so the weights are
     consistent and never shared with another thread.
     """
-    from napari_spoco.core.prediction import predict_with_foreground
+    from napari_spoco.core.inference.prediction import predict_with_foreground
 
     start = time.perf_counter()
     embeddings, foreground = predict_with_foreground(
@@ -201,8 +201,8 @@ def project_and_segment(embeddings: np.ndarray, foreground, model_source, method
     ``spacing`` is the image layer's scale of the spatial axes (it decides the 3D anisotropy,
     as ``--voxel-size`` does on the command line); a squeezed 2D slice needs none.
     """
-    from napari_spoco.core.pca import EmbeddingPCA
-    from napari_spoco.core.segmentation import foreground_kwargs, settings_for
+    from napari_spoco.core.inference.pca import EmbeddingPCA
+    from napari_spoco.core.inference.segmentation import foreground_kwargs, settings_for
 
     from .clustering_process import segment_off_thread
 

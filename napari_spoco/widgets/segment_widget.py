@@ -38,10 +38,10 @@ from .data_widget import OUTPUT_FLAG, is_output
 from .keys import viewer_keys
 from .layers import channel_mode_for, image_view, show_image, show_labels
 from .narrow import WrappingLabel, fit_combos, wrap_rows
+from .notifications import notify_info, notify_warning, report_error
 from .preview_layers import keep_below
 from .remembered_settings import RememberedSettings
 from .train_settings import shipped_models
-from .notifications import notify_info, notify_warning, report_error
 from .workers import Progress, predict_and_segment, recluster, start_function_worker
 
 CURRENT_MODEL = "current model (from training)"
@@ -205,7 +205,7 @@ class SegmentWidget(QWidget):
                 f"snapshot@{snapshot.iteration}"
 
         def load():
-            from napari_spoco.core.checkpoint import load_model
+            from napari_spoco.core.model.checkpoint import load_model
 
             loaded = load_model(path, device)
             return loaded.model, loaded.normalization, loaded
@@ -343,7 +343,7 @@ class SegmentWidget(QWidget):
         self._update_buttons()
 
     def _on_error(self, error):
-        from napari_spoco.core.prediction import PredictionCancelled
+        from napari_spoco.core.inference.prediction import PredictionCancelled
 
         if isinstance(error, PredictionCancelled):
             self.status.setText("prediction cancelled")

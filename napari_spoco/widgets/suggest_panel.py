@@ -28,7 +28,7 @@ NO_MODEL = ("There is no model to suggest from yet: paint a few objects and back
 
 def compute_suggestion(snapshot, image, channel_axis, painted, background_id):
     """Worker: segment with f, score by f/g disagreement, pick the next object."""
-    from napari_spoco.core.uncertainty import suggest_next, uncertainty_scores
+    from napari_spoco.core.inference.uncertainty import suggest_next, uncertainty_scores
 
     result = uncertainty_scores(snapshot, image, channel_axis=channel_axis, device="cpu")
     suggestion = suggest_next(result.segments, result.scores, painted,
@@ -141,7 +141,7 @@ class SuggestPanel(QWidget):
 
 def _check_fits(view, snapshot) -> None:
     """Suggest next holds the embeddings of f and g in memory: refuse an image too large."""
-    from napari_spoco.core.blockwise import needs_blockwise
+    from napari_spoco.core.inference.blockwise import needs_blockwise
 
     channels = int(snapshot.architecture.get("out_channels", 16))
     if needs_blockwise(view.spatial_shape, 2 * channels, lazy=False):

@@ -314,8 +314,8 @@ class TrainSettings(QWidget):
         path = self.source_path()
         if path is None:
             return None
-        from napari_spoco.core.checkpoint import load_checkpoint
         from napari_spoco.core.errors import CheckpointError
+        from napari_spoco.core.model.checkpoint import load_checkpoint
 
         try:
             return source_learning_rate(load_checkpoint(path))

@@ -9,9 +9,9 @@ from napari.layers import Labels
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from napari_spoco.core.distributed import device_line
 from napari_spoco.core.errors import SpocoInputError
 from napari_spoco.core.run_defaults import smallest_shape
+from napari_spoco.core.training.distributed import device_line
 
 from ._logic import progress_text
 from .export_button import ExportButton
@@ -19,7 +19,7 @@ from .loss_plot import LossPlot
 from .narrow import WrappingLabel
 from .notifications import notify_info, notify_warning, report_error
 from .preview import PreviewRequest, PreviewResult, PreviewSchedule
-from .preview_layers import preview_request, prepare_preview_layers, show_preview_layers
+from .preview_layers import prepare_preview_layers, preview_request, show_preview_layers
 from .train_settings import TrainSettings
 from .workers import (
     PreviewFailed,
@@ -153,7 +153,7 @@ class TrainWidget(QWidget):
         except SpocoInputError as err:
             report_error(self.status, err, "starting training")
             return None
-        from napari_spoco.core.segmentation import training_notes
+        from napari_spoco.core.inference.segmentation import training_notes
         from napari_spoco.core.training import Trainer
 
         for note in training_notes(arrays, config):

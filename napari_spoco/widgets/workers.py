@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from superqt.utils import create_worker
 
 from .preview import ModelSnapshot, PreviewSchedule, compute_preview
@@ -169,13 +168,15 @@ def predict_and_segment(load_model, image, channel_axis, device, method, params,
     dict with ``embeddings``, ``foreground``, ``pca``, ``instances``, ``source``, ``notes``
     (what the user should know about the clustering settings) and ``seconds``.
     """
-    from napari_spoco.core.prediction import predict_with_foreground
-    from napari_spoco.core.segmentation import settings_for
+    from napari_spoco.core.inference.blockwise import needs_blockwise
+    from napari_spoco.core.inference.prediction import (
+        _check_layout,
+        model_ndim,
+        predict_with_foreground,
+    )
+    from napari_spoco.core.inference.segmentation import settings_for
 
     from .preview import project_and_segment
-
-    from napari_spoco.core.blockwise import needs_blockwise
-    from napari_spoco.core.prediction import _check_layout, model_ndim
 
     start = time.perf_counter()
     model, normalization, source = load_model()
@@ -230,10 +231,10 @@ def predict_and_segment_blockwise(loaded, image, channel_axis, device, method, p
     """
     import dask.array as da
 
-    from napari_spoco.core.blockwise import segment_blockwise
-    from napari_spoco.core.pca import EmbeddingPCA
-    from napari_spoco.core.prediction import model_ndim
-    from napari_spoco.core.segmentation import settings_for
+    from napari_spoco.core.inference.blockwise import segment_blockwise
+    from napari_spoco.core.inference.pca import EmbeddingPCA
+    from napari_spoco.core.inference.prediction import model_ndim
+    from napari_spoco.core.inference.segmentation import settings_for
 
     from .clustering_process import segment_off_thread
 
@@ -302,9 +303,9 @@ def warm_up_imports() -> float:
     import torch
 
     import napari_spoco.core.clustering  # noqa: F401
-    import napari_spoco.core.pca  # noqa: F401
-    import napari_spoco.core.prediction  # noqa: F401
-    import napari_spoco.core.training  # noqa: F401
+    import napari_spoco.core.inference.pca  # noqa: F401
+    import napari_spoco.core.inference.prediction  # noqa: F401
+    import napari_spoco.core.training.trainer  # noqa: F401
 
     from .clustering_process import warm_up
 

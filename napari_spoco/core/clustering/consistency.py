@@ -12,7 +12,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .meanshift import DEFAULT_MAX_SAMPLES, meanshift_labels
-from .sampling import foreground_points
+from .pixel_sampling import foreground_points
 
 # anchors x members distances held at once (64 MiB of float32)
 _BLOCK_ELEMENTS = 1 << 24

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SpocoInputError
-from .sampling import draw_subsample, foreground_points, scatter_to_image, transfer_labels
+from .pixel_sampling import draw_subsample, foreground_points, scatter_to_image, transfer_labels
 
 DEFAULT_MAX_SAMPLES = "auto"
 # "auto": enough samples that the smallest allowed cluster still has this many of them

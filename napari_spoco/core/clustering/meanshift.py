@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .sampling import (
+from .pixel_sampling import (
     draw_subsample,
     foreground_points,
     nearest_center,

@@ -1,0 +1,1 @@
+"""Segmentation metrics (SBD, AP, adapted Rand error, VOI)."""

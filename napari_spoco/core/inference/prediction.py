@@ -1,0 +1,542 @@
+"""Embedding prediction for images of any size: tiled, blended, memory bounded by the tile.
+
+Only one tile's region of the input is read at a time (numpy, zarr or any array that supports
+slicing), normalised with the checkpoint's global statistics, and run through the network in
+batches. Tile outputs are weighted by normalised separable windows (see :mod:`.tiling`) and
+added into the output, which may be a zarr array: then nothing of image size is ever held in
+memory. Blending makes the result independent of the tiling once the overlap covers the
+network's context. Group norm, which normalises each input with its own statistics, is first
+frozen to image-wide statistics (:mod:`.frozen_norm`) so that tiles agree (docs/method.md,
+"Prediction").
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..devices import resolve_device
+from ..errors import SpocoInputError
+from ..model.frozen_norm import (
+    CALIBRATION_TILES,
+    calibration_regions,
+    freeze_group_norm,
+    has_group_norm,
+)
+from ..training.distributed import amp_dtype, autocast
+from ..validation import check_image_dtype
+from .tiling import TileLayout, plan_tiles, window
+
+#: Default tile and overlap per spatial dimensionality. 2D: 512² with 1/8 overlap. 3D: thin in z
+#: because 3D stacks are usually anisotropic; its overlap is 1/4 of the tile so that the
+#: zero-weight margin (a quarter of the overlap) still spans two slices in z.
+DEFAULT_TILE = {2: (512, 512), 3: (32, 128, 128)}
+DEFAULT_OVERLAP = {2: (64, 64), 3: (8, 32, 32)}
+
+#: Tiles per forward pass on accelerators; on the CPU a bigger batch only costs memory.
+ACCELERATOR_BATCH = {2: 4, 3: 2}
+
+ProgressCallback = Callable[[int, int], Any]
+
+
+class PredictionCancelled(RuntimeError):
+    """Raised when a prediction is stopped through ``cancel`` or a ``progress`` returning False.
+
+    An ``out`` array passed in is then only partly written.
+    """
+
+
+def model_ndim(model: torch.nn.Module, image_ndim: int, channel_axis: int | None) -> int:
+    """Spatial dimensionality the network works in (its ``ndim``, else the image's)."""
+    ndim = getattr(model, "ndim", None)
+    if ndim is None:
+        ndim = image_ndim - (channel_axis is not None)
+    return int(ndim)
+
+
+def _check_layout(shape: tuple[int, ...], ndim: int, channel_axis: int | None) -> int | None:
+    if channel_axis is not None:
+        if not -len(shape) <= channel_axis < len(shape):
+            raise SpocoInputError(
+                f"channel_axis {channel_axis} is out of range for an image of shape {shape}; "
+                f"use an axis between {-len(shape)} and {len(shape) - 1}, or None."
+            )
+        channel_axis %= len(shape)
+    spatial = len(shape) - (channel_axis is not None)
+    if spatial != ndim:
+        hint = (
+            "set channel_axis to the channel axis"
+            if spatial == ndim + 1
+            else "use a model trained for this dimensionality or fix channel_axis"
+        )
+        raise SpocoInputError(
+            f"The model is {ndim}D but the image of shape {shape} has {spatial} spatial axes "
+            f"(channel_axis={channel_axis}); {hint}."
+        )
+    if min(shape) < 1:
+        raise SpocoInputError(f"The image of shape {shape} is empty; give a non-empty image.")
+    return channel_axis
+
+
+def _read_tile(image, spatial: tuple[slice, ...], channel_axis, normalization) -> np.ndarray:
+    """Read one tile, normalise it and return it channels-first as float32."""
+    index = list(spatial)
+    if channel_axis is not None:
+        index.insert(channel_axis, slice(None))
+    tile = np.asarray(image[tuple(index)])
+    if normalization is not None:
+        tile = normalization.apply(tile, channel_axis)
+    tile = tile.astype(np.float32, copy=False)
+    if channel_axis is None:
+        tile = tile[np.newaxis]
+    else:
+        tile = np.moveaxis(tile, channel_axis, 0)
+    if not np.isfinite(tile).all():
+        where = ", ".join(f"{s.start}:{s.stop}" for s in spatial)
+        raise SpocoInputError(
+            f"The image holds NaN or infinite values (in the region [{where}]); replace them, "
+            "e.g. with numpy.nan_to_num, before predicting."
+        )
+    return np.ascontiguousarray(tile)
+
+
+def _cancelled(cancel) -> bool:
+    if cancel is None:
+        return False
+    is_set = getattr(cancel, "is_set", None)
+    return bool(is_set() if is_set is not None else cancel())
+
+
+def _prepare_out(out, n_channels: int, spatial: tuple[int, ...], dtype):
+    expected = (n_channels, *spatial)
+    if out is None:
+        return np.zeros(expected, dtype=dtype)
+    if tuple(out.shape) != expected:
+        raise SpocoInputError(
+            f"The output array has shape {tuple(out.shape)} but the embeddings have shape "
+            f"{expected}; create it with that shape (embedding channels first)."
+        )
+    out[...] = 0
+    return out
+
+
+def _batches(layout: TileLayout, batch_size: int):
+    """Group tiles of equal shape (the last tile of an axis can be longer) into batches."""
+    groups: dict[tuple[int, ...], list] = {}
+    for spatial, weights in layout.tiles():
+        shape = tuple(s.stop - s.start for s in spatial)
+        groups.setdefault(shape, []).append((spatial, weights))
+    for tiles in groups.values():
+        for start in range(0, len(tiles), batch_size):
+            yield tiles[start:start + batch_size]
+
+
+def predict_embeddings(
+    model: torch.nn.Module,
+    image,
+    normalization=None,
+    *,
+    channel_axis: int | None = None,
+    tile_shape=None,
+    overlap=None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = "auto",
+    out=None,
+    progress: ProgressCallback | None = None,
+    cancel=None,
+    dtype=np.float32,
+    groupnorm: str = "image",
+    calibration_tile_shape=None,
+    calibration_tiles: int = CALIBRATION_TILES,
+    foreground_out=None,
+):
+    """Predict pixel embeddings ``(E, *spatial)`` for a 2D or 3D image of any size.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The embedding network (e.g. ``UNet``), run in eval mode under ``torch.inference_mode``.
+        It is left untouched: one in training mode or on another device is copied first.
+    image : array-like
+        ``(C,) [Z,] Y, X``: numpy, zarr or any array supporting slicing; only one tile's
+        region is read at a time.
+    normalization : Normalization or None
+        The statistics the network was trained with (``LoadedModel.normalization``); None if
+        ``image`` is already normalised.
+    channel_axis : int or None
+        Axis of ``image`` holding channels; None for single-channel images.
+    tile_shape, overlap : int or sequence of int, optional
+        Tile shape and overlap of neighbouring tiles, per spatial axis. Defaults: 512² with
+        overlap 64 in 2D, (32, 128, 128) with overlap (8, 32, 32) in 3D, clipped to the image.
+        Tiles agree exactly with a whole-image prediction when a quarter of the overlap is at
+        least half the network's receptive field (group norm frozen, see ``groupnorm``).
+    batch_size : int, optional
+        Tiles per forward pass; default 1 on the CPU, 4 (2D) or 2 (3D) on accelerators.
+    device : str or torch.device
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``...
+    out : array-like, optional
+        Array of shape ``(E, *spatial)`` to write into (numpy or zarr; it is zeroed first).
+        With a zarr array memory stays bounded by the tile and batch size.
+    progress : callable, optional
+        ``progress(done, total)`` after each batch of tiles; returning ``False`` cancels.
+    cancel : threading.Event or callable, optional
+        Checked before each batch (``cancel.is_set()``, or ``cancel()`` for a callable such
+        as ``lambda: worker.abort_requested``); when true, prediction stops.
+    dtype : numpy dtype
+        Dtype of the output when ``out`` is None.
+    groupnorm : {"image", "tile"}
+        For a network with group norm that needs more than one tile: "image" freezes its
+        statistics image-wide first (:func:`frozen_network`), so the result does not depend on
+        the tiling; "tile" normalises each tile with its own statistics (tiles disagree). With
+        one tile both give the network's own output on the whole image.
+    calibration_tile_shape, calibration_tiles : optional
+        With ``groupnorm="image"``: shape (default: the default tile, clipped to the image) and
+        most number of the calibration tiles, run as one batch.
+    foreground_out : array-like, optional
+        For a network with a foreground head: an array of the spatial shape that receives the
+        blended foreground **logits** (see :func:`predict_with_foreground` for probabilities).
+        Without it the head's output is dropped.
+
+    Returns
+    -------
+    numpy.ndarray or the ``out`` array
+        Embeddings ``(E, *spatial)``.
+
+    Raises
+    ------
+    SpocoInputError
+        If the image does not fit the model (dimensionality, channels) or holds NaN/inf.
+    PredictionCancelled
+        If cancelled through ``cancel`` or ``progress``.
+
+    Examples
+    --------
+    An untrained tiny network, predicted in four overlapping 32² tiles:
+
+    >>> from napari_spoco.core.model.unet import UNet
+    >>> model = UNet(in_channels=1, out_channels=4, ndim=2, features=(4, 8), num_groups=2)
+    >>> image = np.random.default_rng(0).random((40, 48), dtype=np.float32)
+    >>> embeddings = predict_embeddings(model, image, device="cpu", tile_shape=32, overlap=8)
+    >>> embeddings.shape, embeddings.dtype
+    ((4, 40, 48), dtype('float32'))
+    """
+    shape = tuple(int(s) for s in image.shape)
+    check_image_dtype(getattr(image, "dtype", np.float32))
+    ndim = model_ndim(model, len(shape), channel_axis)
+    channel_axis = _check_layout(shape, ndim, channel_axis)
+    spatial_shape = tuple(s for a, s in enumerate(shape) if a != channel_axis)
+    n_channels = 1 if channel_axis is None else shape[channel_axis]
+    in_channels = getattr(model, "in_channels", n_channels)
+    if n_channels != in_channels:
+        raise SpocoInputError(
+            f"The model takes {in_channels} channel(s) but the image of shape {shape} has "
+            f"{n_channels} (channel_axis={channel_axis}); give an image with the channels the "
+            "model was trained on, or fix channel_axis."
+        )
+    if ndim not in DEFAULT_TILE:
+        raise SpocoInputError(f"Only 2D and 3D images can be predicted, not {ndim}D.")
+    device = resolve_device(device)
+    if batch_size is None:
+        batch_size = 1 if device.type == "cpu" else ACCELERATOR_BATCH[ndim]
+    if int(batch_size) < 1:
+        raise SpocoInputError(f"batch_size must be at least 1, got {batch_size}.")
+    if groupnorm not in ("image", "tile"):
+        raise SpocoInputError(f"groupnorm must be 'image' or 'tile', got {groupnorm!r}.")
+    multiple = getattr(model, "required_multiple", (1,) * ndim)
+    layout = plan_tiles(
+        spatial_shape,
+        DEFAULT_TILE[ndim] if tile_shape is None else tile_shape,
+        DEFAULT_OVERLAP[ndim] if overlap is None else overlap,
+        multiple,
+    )
+    total = len(layout)
+    out_channels = getattr(model, "out_channels", None)
+    has_foreground = bool(getattr(model, "foreground", False))
+    if out_channels is not None:
+        out = _prepare_out(out, int(out_channels), spatial_shape, dtype)
+    if foreground_out is not None:
+        if not has_foreground:
+            raise SpocoInputError(
+                "foreground_out was given but the network has no foreground head; train with "
+                "foreground=True or leave foreground_out out."
+            )
+        if tuple(foreground_out.shape) != spatial_shape:
+            raise SpocoInputError(
+                f"foreground_out has shape {tuple(foreground_out.shape)} but the image's "
+                f"spatial shape is {spatial_shape}."
+            )
+        foreground_out[...] = 0
+
+    if groupnorm == "image" and total > 1 and has_group_norm(model):
+        network = frozen_network(model, image, normalization, channel_axis=channel_axis,
+                                 device=device, calibration_tile_shape=calibration_tile_shape,
+                                 calibration_tiles=calibration_tiles)
+    else:
+        network = _network_for_inference(model, device)
+    done = 0
+    with torch.inference_mode():
+        for batch in _batches(layout, int(batch_size)):
+            if _cancelled(cancel):
+                raise PredictionCancelled(f"Prediction cancelled after {done}/{total} tiles.")
+            tiles = np.stack([
+                _read_tile(image, spatial, channel_axis, normalization)
+                for spatial, _ in batch
+            ])
+            # bf16/fp16 autocast on CUDA only (distributed.amp_dtype); blending stays float32
+            with autocast(device, amp_dtype(device)):
+                result = network(torch.from_numpy(tiles).to(device))
+            if out_channels is None:  # a network without the attribute: learn E now
+                out_channels = result.shape[1]
+                out = _prepare_out(out, int(out_channels), spatial_shape, dtype)
+            for (spatial, weights), embedding in zip(batch, result):
+                weight = torch.from_numpy(window(weights)).to(device)
+                contribution = (embedding.float() * weight).cpu().numpy()
+                if has_foreground:
+                    if foreground_out is not None:
+                        foreground_out[spatial] = foreground_out[spatial] + contribution[-1]
+                    contribution = contribution[:-1]
+                region = (slice(None), *spatial)
+                # Read-add-write also works on zarr, where ``+=`` on a slice would not.
+                out[region] = out[region] + contribution.astype(out.dtype, copy=False)
+            done += len(batch)
+            if progress is not None and progress(done, total) is False:
+                raise PredictionCancelled(f"Prediction cancelled after {done}/{total} tiles.")
+    return out
+
+
+def predict_with_foreground(model: torch.nn.Module, image, normalization=None, **kwargs):
+    """Embeddings and foreground probability in one tiled pass.
+
+    Parameters
+    ----------
+    model, image, normalization, **kwargs
+        As for :func:`predict_embeddings` (without ``foreground_out``).
+
+    Returns
+    -------
+    embeddings : numpy.ndarray or the ``out`` array
+        ``(E, *spatial)``.
+    foreground : numpy.ndarray or None
+        float32 probability of the spatial shape; None for a network without the head.
+
+    Examples
+    --------
+    >>> from napari_spoco.core.model.unet import UNet
+    >>> model = UNet(in_channels=1, out_channels=4, ndim=2, features=(4, 8), num_groups=2,
+    ...              foreground=True)
+    >>> image = np.random.default_rng(0).random((32, 32), dtype=np.float32)
+    >>> embeddings, foreground = predict_with_foreground(model, image, device="cpu")
+    >>> embeddings.shape, foreground.shape, foreground.dtype
+    ((4, 32, 32), (32, 32), dtype('float32'))
+    >>> bool(((foreground >= 0) & (foreground <= 1)).all())
+    True
+    """
+    from ..loss.foreground import foreground_probability
+
+    if not getattr(model, "foreground", False):
+        return predict_embeddings(model, image, normalization, **kwargs), None
+    shape = tuple(int(s) for s in image.shape)
+    requested_axis = kwargs.get("channel_axis")
+    channel_axis = _check_layout(shape, model_ndim(model, len(shape), requested_axis),
+                                 requested_axis)
+    logits = np.zeros([s for a, s in enumerate(shape) if a != channel_axis], np.float32)
+    embeddings = predict_embeddings(model, image, normalization, foreground_out=logits, **kwargs)
+    return embeddings, foreground_probability(logits)
+
+
+def _network_for_inference(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` itself if it is in eval mode on ``device``, else an eval-mode copy there.
+
+    The caller's network is never moved or switched to eval mode: a widget may predict with
+    the network a training thread is updating, on another device.
+    """
+    on_device = all(
+        p.device.type == device.type and (device.index is None or p.device.index == device.index)
+        for p in itertools.chain(model.parameters(), model.buffers())
+    )
+    if on_device and not model.training:
+        return model
+    return copy.deepcopy(model).to(device).eval()
+
+
+def frozen_network(
+    model: torch.nn.Module,
+    image,
+    normalization=None,
+    *,
+    channel_axis: int | None = None,
+    device: str | torch.device | None = "auto",
+    calibration_tile_shape=None,
+    calibration_tiles: int = CALIBRATION_TILES,
+    method: str = "sequential",
+) -> torch.nn.Module:
+    """The network ``predict_embeddings(groupnorm="image")`` tiles with: group norm frozen.
+
+    Up to ``calibration_tiles`` tiles spread over ``image`` (see
+    :func:`.frozen_norm.calibration_regions`) are read and normalised like prediction tiles and
+    run as one batch; each group norm is replaced by a ``FrozenGroupNorm`` holding the pooled
+    statistics (:func:`.frozen_norm.freeze_group_norm`). ``model`` is not modified.
+
+    Parameters
+    ----------
+    model, image, normalization, channel_axis, device
+        As for :func:`predict_embeddings`.
+    calibration_tile_shape : int or sequence of int, optional
+        Calibration tile shape; default the default prediction tile, clipped to the image (so
+        an image that fits in it calibrates on itself and the frozen network reproduces the
+        live network on the whole image).
+    calibration_tiles : int
+        Most calibration tiles (memory: they form one batch).
+    method : {"sequential", "live"}
+        Passed to :func:`.frozen_norm.freeze_group_norm`.
+
+    Returns
+    -------
+    torch.nn.Module
+        An eval-mode copy on ``device`` without ``nn.GroupNorm``.
+    """
+    shape = tuple(int(s) for s in image.shape)
+    ndim = model_ndim(model, len(shape), channel_axis)
+    channel_axis = _check_layout(shape, ndim, channel_axis)
+    spatial_shape = tuple(s for a, s in enumerate(shape) if a != channel_axis)
+    device = resolve_device(device)
+    if int(calibration_tiles) < 1:
+        raise SpocoInputError(f"calibration_tiles must be at least 1, got {calibration_tiles}.")
+    regions = calibration_regions(
+        spatial_shape,
+        DEFAULT_TILE[ndim] if calibration_tile_shape is None else calibration_tile_shape,
+        getattr(model, "required_multiple", (1,) * ndim),
+        int(calibration_tiles),
+    )
+    batch = np.stack([_read_tile(image, spatial, channel_axis, normalization)
+                      for spatial in regions])
+    network = _network_for_inference(model, device)
+    return freeze_group_norm(network, torch.from_numpy(batch).to(device), method=method)
+
+
+def predict_from_checkpoint(path, image, *, device="auto", momentum=False, **kwargs):
+    """Load a checkpoint and predict embeddings of ``image`` with its network.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A napari-spoco checkpoint.
+    image : array-like
+        ``(C,) [Z,] Y, X`` raw image (normalised with the checkpoint's statistics).
+    device : str or torch.device
+        Where to run.
+    momentum : bool
+        Use the momentum network g instead of f.
+    **kwargs
+        Passed to :func:`predict_embeddings` (``channel_axis``, ``tile_shape``, ``out``,
+        ``groupnorm``...).
+
+    Returns
+    -------
+    numpy.ndarray or the ``out`` array
+    """
+    from ..model.checkpoint import load_model
+
+    loaded = load_model(path, device)
+    model = select_network(loaded, momentum)
+    return predict_embeddings(model, image, loaded.normalization, device=device, **kwargs)
+
+
+def select_network(loaded, momentum: bool = False) -> torch.nn.Module:
+    """f of a ``LoadedModel``, or g (its momentum copy) with ``momentum=True``."""
+    if not momentum:
+        return loaded.model
+    if loaded.momentum_model is None:
+        raise SpocoInputError(
+            f"Checkpoint {str(loaded.path)!r} holds no momentum network g; consistency "
+            "clustering needs one. Use a checkpoint written by napari-spoco training."
+        )
+    return loaded.momentum_model
+
+
+def predict_augmented_view(
+    loaded_model,
+    image,
+    *,
+    channel_axis: int | None = None,
+    seed: int = 0,
+    anisotropic: bool = False,
+    **kwargs,
+) -> np.ndarray:
+    """Embeddings of the momentum network g on a photometrically augmented copy of ``image``.
+
+    The copy is the normalised image jittered by ``augment.random_photometric`` (contrast,
+    brightness, gamma, blur, noise: the training's photometric draw), seeded by ``seed``. It is
+    made of the whole image at once (blur and per-channel contrast need it), so ``image`` is
+    read whole.
+
+    Parameters
+    ----------
+    loaded_model : LoadedModel
+        From :func:`napari_spoco.core.model.checkpoint.load_model`; needs ``momentum_model``.
+    image : array-like
+        ``(C,) [Z,] Y, X`` raw image.
+    channel_axis : int or None
+        Channel axis of ``image``.
+    seed : int
+        Seeds the augmentation.
+    anisotropic : bool
+        3D only: blur in-plane only.
+    **kwargs
+        Passed to :func:`predict_embeddings` (``tile_shape``, ``device``, ``groupnorm``...).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(E, *spatial)`` float32.
+    """
+    from ..model.normalization import channels_first
+    from ..training.augment import random_photometric
+
+    if kwargs.get("out") is not None:
+        raise SpocoInputError("The augmented view is returned in memory; do not pass out.")
+    kwargs.pop("out", None)
+    momentum_model = select_network(loaded_model, True)
+    raw = np.asarray(image[...])
+    ndim = model_ndim(momentum_model, raw.ndim, channel_axis)
+    channel_axis = _check_layout(raw.shape, ndim, channel_axis)
+    normalised = channels_first(loaded_model.normalization.apply(raw, channel_axis), channel_axis)
+    augmented = random_photometric(normalised, np.random.default_rng(seed), anisotropic=anisotropic)
+    return predict_embeddings(momentum_model, augmented, None, channel_axis=0, **kwargs)
+
+
+def predict_two_views(
+    loaded_model,
+    image,
+    *,
+    channel_axis: int | None = None,
+    seed: int = 0,
+    anisotropic: bool = False,
+    **kwargs,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of f on the image and of g on a photometrically augmented copy.
+
+    Consistency clustering (the paper's Algorithm 1) compares the two: clusters of f whose
+    members g does not keep together are dropped. Parameters are those of
+    :func:`predict_augmented_view`; ``kwargs`` go to both predictions.
+
+    Returns
+    -------
+    emb_f, emb_g : numpy.ndarray
+        ``(E, *spatial)`` float32 each.
+    """
+    select_network(loaded_model, True)  # fail before the first, long prediction
+    if kwargs.get("out") is not None:
+        raise SpocoInputError("predict_two_views returns in-memory arrays; do not pass out.")
+    kwargs.pop("out", None)
+    emb_f = predict_embeddings(
+        loaded_model.model, image, loaded_model.normalization, channel_axis=channel_axis, **kwargs
+    )
+    emb_g = predict_augmented_view(loaded_model, image, channel_axis=channel_axis, seed=seed,
+                                   anisotropic=anisotropic, **kwargs)
+    return emb_f, emb_g
