@@ -78,9 +78,11 @@ def _image_source(args, image):
     return str(Path(args.image).resolve()) if args.scheduler != "synchronous" else image
 
 
-def run_blockwise(args, loaded, image, settings, labels_out=None, embeddings_out=None,
-                  foreground_out=None) -> dict:
+def run_blockwise(args, loaded, image, channel_axis, settings, labels_out=None,
+                  embeddings_out=None, foreground_out=None) -> dict:
     """Run ``core.blockwise.segment_blockwise`` with the CLI's options; returns its result.
+
+    ``channel_axis`` is the caller's ``resolve_channel_axis`` of the image.
 
     Each output is written into a temporary store next to it and renamed into place only when
     every block has succeeded; OME-Zarr labels go through a plain temporary zarr array first
@@ -95,9 +97,6 @@ def run_blockwise(args, loaded, image, settings, labels_out=None, embeddings_out
     from napari_spoco.core.io import atomic_store
     from napari_spoco.core.ome_zarr import labels_target, write_ome_labels
 
-    from .predict import resolve_channel_axis
-
-    channel_axis = resolve_channel_axis(args, tuple(image.shape), loaded)
     ome_labels = labels_out if labels_out is not None and labels_target(labels_out) else None
     with contextlib.ExitStack() as stack:
         tmp = {name: None if path is None else stack.enter_context(atomic_store(path))

@@ -260,7 +260,8 @@ def run(args) -> int:
         has_head = bool(getattr(loaded.model, "foreground", False))
         if args.foreground and not has_head:
             print("the model has no foreground head: no foreground written", file=sys.stderr)
-        result = run_blockwise(args, loaded, image, None, embeddings_out=args.out,
+        channel_axis = resolve_channel_axis(args, tuple(image.shape), loaded)
+        result = run_blockwise(args, loaded, image, channel_axis, None, embeddings_out=args.out,
                                foreground_out=args.foreground if has_head else None)
         print(f"wrote embeddings of {result['grid'].shape} to {args.out} "
               f"({len(result['grid'].indices())} blocks of {result['grid'].block})")

@@ -260,7 +260,8 @@ def run(args) -> int:
         settings = settings_from_args(args, loaded, ndim)
         for note in settings.notes:
             print(f"note: {note}", file=sys.stderr)
-        result = run_blockwise(args, loaded, image, settings, labels_out=args.out)
+        result = run_blockwise(args, loaded, image, channel_axis, settings,
+                               labels_out=args.out)
         print(f"wrote {result['segments']} segments {result['grid'].shape} to {args.out} "
               f"({len(result['grid'].indices())} blocks of {result['grid'].block})")
         return 0

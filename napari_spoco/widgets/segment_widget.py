@@ -305,7 +305,8 @@ class SegmentWidget(QWidget):
         self.status.setText(f"clustering with {method}…")
         self.worker = start_function_worker(
             recluster, cache["embeddings"], cache["foreground"], cache["source"], method, params,
-            spacing=cache["view"].scale, on_return=lambda result: self._on_reclustered(result, cache),
+            spacing=cache["view"].scale,
+            on_return=lambda result: self._on_reclustered(result, cache),
             on_error=self._on_error, on_finish=self._on_finish,
         )
         self._update_buttons()
@@ -323,12 +324,9 @@ class SegmentWidget(QWidget):
         names = result_layer_names(view.layer.name,
                                    [(lyr.name, is_output(lyr)) for lyr in self.viewer.layers])
         shown = []
-        if pca is not None:
-            # a blockwise result is already uint8 and lazy (dask): it stays lazy
-            rgb = pca if pca.dtype == np.uint8 else (
-                np.clip(pca, 0.0, 1.0) * 255).round().astype(np.uint8)
+        if pca is not None:  # uint8 RGB (lazy, dask, for a blockwise result)
             # Created hidden: an opaque PCA over the image hides it; one click shows it.
-            shown.append(show_image(self.viewer, names["pca"], rgb, rgb=True,
+            shown.append(show_image(self.viewer, names["pca"], pca, rgb=True,
                                     scale=view.scale, translate=view.translate, metadata=meta,
                                     contrast_limits=(0, 255), opacity=0.8, visible=False))
         # Outlines, so the image stays visible inside each object.

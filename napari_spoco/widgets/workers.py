@@ -176,6 +176,7 @@ def predict_and_segment(load_model, image, channel_axis, device, method, params,
     )
     from napari_spoco.core.inference.segmentation import settings_for
 
+    from .layers import is_lazy
     from .preview import project_and_segment
 
     start = time.perf_counter()
@@ -184,8 +185,7 @@ def predict_and_segment(load_model, image, channel_axis, device, method, params,
     axis = _check_layout(shape, model_ndim(model, len(shape), channel_axis), channel_axis)
     spatial = tuple(s for a, s in enumerate(shape) if a != axis)
     channels = int(getattr(model, "out_channels", 16))
-    if blockwise_store is not None and needs_blockwise(spatial, channels,
-                                                       not isinstance(image, np.ndarray)):
+    if blockwise_store is not None and needs_blockwise(spatial, channels, is_lazy(image)):
         return predict_and_segment_blockwise(
             (model, normalization, source), image, channel_axis, device, method, params,
             progress, cancel, blockwise_store(), spacing=spacing, start=start,
@@ -203,12 +203,17 @@ def predict_and_segment(load_model, image, channel_axis, device, method, params,
     return {
         "embeddings": embeddings,
         "foreground": foreground,
-        "pca": pca,
+        "pca": pca_to_uint8(pca),
         "instances": instances,
         "source": source,
         "notes": settings_for(source, method=method, spacing=spacing, **params).notes,
         "seconds": time.perf_counter() - start,
     }
+
+
+def pca_to_uint8(rgb: np.ndarray) -> np.ndarray:
+    """PCA colours in [0, 1] as the uint8 RGB an image layer shows."""
+    return (np.clip(rgb, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
 def predict_and_segment_blockwise(loaded, image, channel_axis, device, method, params,
@@ -259,7 +264,7 @@ def predict_and_segment_blockwise(loaded, image, channel_axis, device, method, p
     embeddings = da.from_zarr(str(paths["embeddings"]))
     pca = EmbeddingPCA().fit(embeddings, seed=0)
     rgb = embeddings.map_blocks(
-        lambda block: (np.clip(pca.transform(block), 0, 1) * 255).round().astype(np.uint8),
+        lambda block: pca_to_uint8(pca.transform(block)),
         drop_axis=0, new_axis=embeddings.ndim - 1, dtype=np.uint8,
         chunks=(*embeddings.chunks[1:], (3,)))
     return {

@@ -385,8 +385,7 @@ def face_merges(slab_a: np.ndarray, n_a: int, slab_b: np.ndarray, n_b: int,
     return np.stack([pa[merged], pb[merged]], axis=1)
 
 
-def _merge_face(job_scratch: str, name_a: str, n_a: int, name_b: str, n_b: int) -> np.ndarray:
-    del job_scratch
+def _merge_face(_job, name_a: str, n_a: int, name_b: str, n_b: int) -> np.ndarray:
     return face_merges(np.load(name_a), n_a, np.load(name_b), n_b)
 
 
@@ -438,6 +437,12 @@ class _Runner:
 
     def __init__(self, client=None):
         self.client = client
+        self._shared = None  # (job, its future on the cluster): the network goes over once
+
+    def _scatter(self, job):
+        if self._shared is None or self._shared[0] is not job:
+            self._shared = (job, self.client.scatter(job, broadcast=True))
+        return self._shared[1]
 
     def map(self, func, job, items, progress=None, cancel=None, label=""):
         results = []
@@ -451,7 +456,7 @@ class _Runner:
             return results
         from distributed import as_completed
 
-        shared = self.client.scatter(job, broadcast=True)
+        shared = self._scatter(job)
         futures = [self.client.submit(func, shared, *item, pure=False) for item in items]
         by_key = {f.key: k for k, f in enumerate(futures)}
         results = [None] * len(futures)
@@ -657,7 +662,7 @@ def _stitch(job, grid, blocks, runner, progress, cancel) -> int:
             other = blocks[order[tuple(neighbour)]]
             faces.append((order[tuple(b["index"])], b["n"], name,
                           order[tuple(neighbour)], other["n"], other["slabs"][(axis, -1)]))
-    pairs = runner.map(_merge_face, job.scratch,
+    pairs = runner.map(_merge_face, job,
                        [(name_a, n_a, name_b, n_b) for _, n_a, name_a, _, n_b, name_b in faces])
     merges = [(ka, int(a), kb, int(b))
               for (ka, _, _, kb, _, _), found in zip(faces, pairs) for a, b in found]
