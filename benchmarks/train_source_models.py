@@ -273,6 +273,34 @@ def report(recipe: Recipe, args, out_path: Path) -> None:
               f"objects {m['n_seg']:.0f} / {m['n_gt']:.0f}")
 
 
+def recipe_object_size(recipe: Recipe) -> float:
+    """Median cell size (voxels) of the recipe's training images, as a training run records it.
+
+    The same ``TrainingData.network_object_size`` that ``Trainer`` writes into
+    ``config["object_size"]``, so fine-tuning from the shipped model can resample a target's
+    painted cells to this size (``run_defaults.default_input_scale``).
+    """
+    from napari_spoco.core.training.data import TrainingData
+
+    pairs = [make_tissue(recipe.train_shape, preset=recipe.preset, seed=s)
+             for s in recipe.train_seeds]
+    data = TrainingData(pairs, ndim=len(recipe.train_shape), mode=recipe.config["mode"],
+                        patch_shape=recipe.config["patch_shape"])
+    return float(data.network_object_size())
+
+
+def record_object_size(recipe: Recipe, path: Path) -> float:
+    """Add ``config["object_size"]`` to a shipped checkpoint trained before it was recorded."""
+    from napari_spoco.core.model.checkpoint import load_checkpoint
+
+    payload = load_checkpoint(path)
+    size = recipe_object_size(recipe)
+    payload["config"] = {**dict(payload["config"]), "object_size": size}
+    save_checkpoint(path, {key: payload[key] for key in RELEASE_KEYS})
+    os.chmod(path, 0o644)
+    return size
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", choices=sorted(RECIPES))
@@ -284,6 +312,8 @@ def main(argv=None) -> int:
                         help="continue from the full training state in --work-dir")
     parser.add_argument("--validate-only", action="store_true",
                         help="skip training; validate and document the existing checkpoint")
+    parser.add_argument("--record-object-size", action="store_true",
+                        help="only add the training cells' median size to the shipped checkpoint")
     parser.add_argument("--out-dir", default=str(MODELS_DIR))
     parser.add_argument("--docs-dir", default=str(DOCS_DIR))
     parser.add_argument("--work-dir",
@@ -291,6 +321,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     recipe = RECIPES[args.model]
+    if args.record_object_size:
+        size = record_object_size(recipe, Path(args.out_dir) / f"{recipe.name}.pt")
+        print(f"{recipe.name}: object_size {size:.1f} voxels recorded")
+        return 0
     out_path = (Path(args.out_dir) / f"{recipe.name}.pt" if args.validate_only
                 else train(recipe, args))
     report(recipe, args, out_path)

@@ -123,6 +123,67 @@ def test_too_small_overlap_shows_seams():
     assert np.abs(tiled - direct(model, image[None])).max() > 1e-3
 
 
+def seam_distance(layout) -> np.ndarray:
+    """Per pixel, the distance to the nearest tile cut (a tile start or stop inside the image)."""
+    distance = np.full(layout.shape, np.inf)
+    for axis, (starts, stops) in enumerate(zip(layout.starts, layout.stops)):
+        cuts = np.array([c for c in starts[1:] + stops[:-1]])
+        along = np.abs(np.arange(layout.shape[axis])[:, None] - cuts[None]).min(axis=1)
+        view = [np.newaxis] * len(layout.shape)
+        view[axis] = slice(None)
+        distance = np.minimum(distance, along[tuple(view)])
+    return distance
+
+
+def test_default_tiles_of_the_shipped_model_are_exact_at_their_seams(monkeypatch):
+    # The issue-11 seams: the old default margin (16 px) was a third of the shipped 2D model's
+    # context (48 px). The default layout now keeps the context as its margin; a small budget
+    # makes a 400² image need 2×2 tiles.
+    from napari_spoco.core.inference import prediction
+    from napari_spoco.core.model.checkpoint import load_model
+    from napari_spoco.models import resolve_checkpoint
+
+    loaded = load_model(resolve_checkpoint("ovules_2d"))
+    monkeypatch.setattr(prediction, "TILE_VOXELS", 200 * 200)
+    image = np.random.default_rng(5).normal(size=(400, 392)).astype(np.float32)
+    tile, overlap, margin = prediction.default_tiling(loaded.model, image.shape)
+    assert margin == (48, 48)
+    layout = plan_tiles(image.shape, tile, overlap, loaded.model.required_multiple, margin)
+    assert [len(s) for s in layout.starts] == [2, 2]
+    tiled = predict_embeddings(loaded.model, image, loaded.normalization, device="cpu")
+    # the reference: one pass over the whole image with the same frozen group norm
+    network = prediction.frozen_network(loaded.model, image, loaded.normalization,
+                                        device="cpu")
+    normalised = loaded.normalization.apply(image, None).astype(np.float32)
+    with torch.inference_mode():
+        whole = network(torch.from_numpy(normalised)[None, None])[0, :tiled.shape[0]].numpy()
+    difference = np.abs(tiled - whole).max(axis=0)
+    near_seams = seam_distance(layout) < 8
+    assert near_seams.sum() > 1000
+    assert difference[near_seams].max() < 1e-4  # stated tolerance: float32 rounding
+    assert difference.max() < 1e-4
+    # The old default (overlap 64, margin 16) on the same tiles is far from exact at the seams.
+    old = predict_embeddings(loaded.model, image, loaded.normalization, device="cpu",
+                             tile_shape=tile, overlap=64)
+    assert np.abs(old - whole).max(axis=0)[near_seams].max() > 1e-2
+
+
+def test_default_tiling_is_one_pass_up_to_the_budget_and_exact_beyond():
+    from napari_spoco.core.inference.prediction import TILE_VOXELS, default_tiling
+
+    model = UNet(1, 16, 3, features=(16, 32, 64), anisotropic_levels=1)
+    context = tuple(-(-f // 2) for f in model.receptive_field)
+    assert default_tiling(model, (32, 160, 160)) == ((32, 160, 160), (32, 55, 55), context)
+    for shape in [(64, 256, 256), (128, 1024, 1024), (20, 2048, 2048)]:
+        tile, overlap, margin = default_tiling(model, shape)
+        shortest = [min(s, -(-3 * o // m) * m)  # three overlaps, on the pooling grid
+                    for s, o, m in zip(shape, overlap, model.required_multiple)]
+        assert np.prod(tile) <= max(TILE_VOXELS, np.prod(shortest))
+        assert margin == context and all(o >= 2 * m + 2 for o, m in zip(overlap, margin))
+        assert all(t % m == 0 or t == s for t, m, s in zip(tile, model.required_multiple, shape))
+        assert all(t >= low for t, low in zip(tile, shortest))
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (5, 3), (2, 9, 7)])
 def test_images_smaller_than_tile_and_pooling_factor(shape):
     model = small_unet(ndim=len(shape))

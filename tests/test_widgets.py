@@ -66,7 +66,7 @@ def test_train_with_live_preview_then_segment_accept_and_undo(spoco, qtbot, note
     result = viewer.layers[f"{image.name} instances"]
     assert result.data.shape == image.data.shape
     assert len(np.unique(result.data)) >= 3
-    embeddings = segment.cache["embeddings"]
+    embeddings = segment.cache.embeddings
     assert embeddings.shape == (8, *image.data.shape)
 
     # Re-clustering reuses the cached embeddings: same array object, new labels.
@@ -75,7 +75,7 @@ def test_train_with_live_preview_then_segment_accept_and_undo(spoco, qtbot, note
     segment.clustering._fields[("mws", "min_size")].setValue(big)
     segment.recluster()
     wait_until(qtbot, lambda: segment.worker is None)
-    assert segment.cache["embeddings"] is embeddings
+    assert segment.cache.embeddings is embeddings
     reclustered = viewer.layers[f"{image.name} instances"].data
     sizes = np.bincount(reclustered.ravel())[1:]
     assert sizes[sizes > 0].min() >= big

@@ -33,7 +33,7 @@ def test_suggest_centres_on_an_unpainted_object_and_shows_the_map(spoco, qtbot):
                       tiny_config(iterations=3, autosave_seconds=None))
     for _ in trainer.steps():
         pass
-    widget.data.suggest.model_provider = lambda: ModelSnapshot.of(trainer)
+    widget.session.snapshot = ModelSnapshot.of(trainer)
     widget.data.suggest.show_map.setChecked(True)
     assert widget.data.suggest.suggest() is not None
     wait_until(qtbot, lambda: widget.data.suggest.last is not None)

@@ -412,7 +412,11 @@ def _train(args, context) -> int:
            if context.active else "")
         + f", {torch_threads()} CPU thread(s)")
     from napari_spoco.core.inference.segmentation import settings_for
+    from napari_spoco.core.model.input_scale import describe_input_scale
 
+    scale_line = describe_input_scale(config, trainer.annotations)
+    if scale_line:
+        say(f"note: {scale_line}")
     for note in settings_for(trainer).notes:
         say(f"note: {note}")
     quiet = args.no_progress or not context.is_main

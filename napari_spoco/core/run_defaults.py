@@ -92,6 +92,79 @@ def source_learning_rate(checkpoint: Mapping) -> float | None:
     return float(lr) if lr else None
 
 
+#: Fewest painted objects whose median size is trusted to rescale the images.
+SCALE_MIN_OBJECTS = 3
+#: Size ratios (linear) closer to 1 than this leave the images as they are: the median of a few
+#: painted objects is not more precise, and resampling blurs a little.
+SCALE_TOLERANCE = 1.25
+#: The most an image is shrunk or enlarged for the network.
+SCALE_LIMITS = (0.25, 4.0)
+
+
+def source_object_size(checkpoint: Mapping) -> float:
+    """Median object size (voxels, on the network's grid) a checkpoint was trained on; 0 if unknown.
+
+    ``config["object_size"]`` where recorded (every run since input scales exist, and the
+    shipped models); else the annotation summary's median on the network's grid.
+
+    Examples
+    --------
+    >>> source_object_size({"config": {"object_size": 335.0}})
+    335.0
+    >>> source_object_size({"config": {"input_scale": 0.5, "ndim": 2},
+    ...                     "annotations": {"median_object_size": 400.0}})
+    100.0
+    >>> source_object_size({"config": {}})
+    0.0
+    """
+    config = dict(checkpoint.get("config") or {})
+    if config.get("object_size"):
+        return float(config["object_size"])
+    median = float(dict(checkpoint.get("annotations") or {}).get("median_object_size") or 0)
+    scale = float(config.get("input_scale") or 1.0)
+    ndim = int(config.get("ndim") or 2)
+    return median * scale ** ndim
+
+
+def default_input_scale(source_size: float, painted_size: float, n_objects: int,
+                        ndim: int) -> float:
+    """The resampling factor that gives the painted objects the size the source was trained on.
+
+    ``(source_size / painted_size) ** (1 / ndim)``, the same on every axis, clipped to
+    :data:`SCALE_LIMITS` and rounded to two decimals; 1.0 (no resampling) without a source size,
+    with fewer than :data:`SCALE_MIN_OBJECTS` painted objects, or within
+    :data:`SCALE_TOLERANCE` of 1.
+
+    Parameters
+    ----------
+    source_size : float
+        :func:`source_object_size` of the source checkpoint (0: unknown, training from scratch).
+    painted_size : float
+        Median size in voxels of the painted objects, on the images' own grid.
+    n_objects : int
+        How many objects are painted.
+    ndim : int
+        Spatial dimensions.
+
+    Examples
+    --------
+    Stem cells (median 869 px) painted for an ovules model trained on cells of 335 px:
+
+    >>> default_input_scale(335.0, 869.0, 15, 2)
+    0.62
+    >>> default_input_scale(335.0, 400.0, 15, 2)  # close enough: left as it is
+    1.0
+    >>> default_input_scale(0.0, 869.0, 15, 2)  # from scratch
+    1.0
+    """
+    if not source_size > 0 or not painted_size > 0 or int(n_objects) < SCALE_MIN_OBJECTS:
+        return 1.0
+    scale = (float(source_size) / float(painted_size)) ** (1.0 / int(ndim))
+    if 1.0 / SCALE_TOLERANCE < scale < SCALE_TOLERANCE:
+        return 1.0
+    return round(min(max(scale, SCALE_LIMITS[0]), SCALE_LIMITS[1]), 2)
+
+
 def smallest_shape(shapes: Iterable[Sequence[int]]) -> tuple[int, ...]:
     """Per axis, the smallest size over the spatial shapes of the training images.
 

@@ -31,6 +31,7 @@ from .layers import (
 )
 from .narrow import WrappingLabel, fit_combos, wrap_rows
 from .notifications import notify_error
+from .session_model import SpocoSession
 from .suggest_panel import SuggestPanel
 
 #: Shortcuts while painting. napari's Labels layer uses M for "max + 1" (which would jump past a
@@ -94,13 +95,18 @@ class PairRow(QWidget):
 
 
 class DataWidget(QWidget):
-    """Choose image/annotation pairs, paint objects and background, autosave annotations."""
+    """Choose image/annotation pairs, paint objects and background, autosave annotations.
+
+    ``session`` (a :class:`.session_model.SpocoSession`, a new one when not given) is the dock's
+    shared state; the "Suggest next" panel reads the newest model from it.
+    """
 
     pairs_changed = Signal()
 
-    def __init__(self, viewer, parent=None):
+    def __init__(self, viewer, parent=None, session: SpocoSession | None = None):
         super().__init__(parent)
         self.viewer = viewer
+        self.session = SpocoSession() if session is None else session
         self.rows: list[PairRow] = []
         self._bound_layers = set()
 
@@ -142,7 +148,7 @@ class DataWidget(QWidget):
         layout.addLayout(background_row)
         layout.addWidget(self.autosave)
         # after the painting rows: the object worth painting next (core.uncertainty)
-        self.suggest = SuggestPanel(viewer, self)
+        self.suggest = SuggestPanel(viewer, self, session=self.session)
         layout.addWidget(self.suggest)
         self.summary = WrappingLabel("")
         layout.addWidget(self.summary)

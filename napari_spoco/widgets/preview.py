@@ -92,6 +92,7 @@ class ModelSnapshot:
 
         network = UNet.from_config(dict(self.architecture))
         network.load_state_dict(self.momentum_state if momentum else self.model_state)
+        network.input_scale = float(self.config.get("input_scale") or 1.0)
         return network.eval()
 
 

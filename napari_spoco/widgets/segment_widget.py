@@ -41,6 +41,7 @@ from .narrow import WrappingLabel, fit_combos, wrap_rows
 from .notifications import notify_info, notify_warning, report_error
 from .preview_layers import keep_below
 from .remembered_settings import RememberedSettings
+from .session_model import EmbeddingsCache, SpocoSession
 from .train_settings import shipped_models
 from .workers import Progress, predict_and_segment, recluster, start_function_worker
 
@@ -55,15 +56,20 @@ class SegmentWidget(QWidget):
 
     The model, device and clustering choices of earlier sessions are restored from
     ``remembered`` (default: the per-user settings file, see :mod:`.remembered_settings`).
+    The chosen image and model, the models offered, the newest training snapshot ("current
+    model") and the cached embeddings live in ``session`` (a
+    :class:`.session_model.SpocoSession`, a new one when not given); the model list and the
+    buttons follow its events.
     """
 
-    def __init__(self, viewer, data_widget, train_widget, parent=None,
-                 remembered: RememberedSettings | None = None):
+    def __init__(self, viewer, data_widget, parent=None,
+                 remembered: RememberedSettings | None = None,
+                 session: SpocoSession | None = None):
         super().__init__(parent)
         self.remembered = RememberedSettings() if remembered is None else remembered
+        self.session = SpocoSession() if session is None else session
         self.viewer = viewer
         self.data = data_widget
-        self.train = train_widget
         self.image_combo = QComboBox()
         self.model_combo = QComboBox()
         self.model_combo.addItem(CURRENT_MODEL, None)
@@ -116,7 +122,6 @@ class SegmentWidget(QWidget):
         fit_combos(self)  # long layer or file names must not widen the dock
 
         self.worker = None
-        self.cache = None  # dict: image name, model key, embeddings, config, view
         self.instances_layer = None
         self._progress = Progress()
         self._cancel = threading.Event()
@@ -130,6 +135,13 @@ class SegmentWidget(QWidget):
         self.accept_button.clicked.connect(lambda: self.accept())
         self.accept_cursor_button.clicked.connect(lambda: self.accept_under_cursor())
         self.model_combo.currentIndexChanged.connect(self._on_model_chosen)
+        self.image_combo.currentTextChanged.connect(self._on_image_chosen)
+        events = self.session.events
+        events.models.connect(self._on_models)
+        events.model.connect(self._show_model)
+        events.embeddings.connect(self._update_buttons)
+        self._on_models(self.session.models)
+        self._show_model(self.session.model)
         self.remembered.bind_model_combo("segment.model", self.model_combo, self.add_model,
                                          skip=(CHOOSE_FILE,))
         self.remembered.bind_combo_text("segment.device", self.device_combo)
@@ -139,6 +151,11 @@ class SegmentWidget(QWidget):
         viewer_keys(viewer).bind(ACCEPT_KEY, lambda v: self.accept_under_cursor())
         self._refresh_choices()
         self._update_buttons()
+
+    @property
+    def cache(self) -> EmbeddingsCache | None:
+        """The cached embeddings of the last prediction (``session.embeddings``)."""
+        return self.session.embeddings
 
     # -- choices --------------------------------------------------------------------------------
 
@@ -155,22 +172,46 @@ class SegmentWidget(QWidget):
             if keep in names:
                 combo.setCurrentText(keep)
             combo.blockSignals(False)
+        # Rebuilt with signals blocked: the session still learns which image is chosen now.
+        self._on_image_chosen(self.image_combo.currentText())
         if self.instances_layer is not None and self.instances_layer not in self.viewer.layers:
             self.instances_layer = None
             self._update_buttons()
 
     def add_model(self, path, select: bool = True) -> None:
-        """Offer the checkpoint ``path`` as the model (and select it)."""
-        path = str(path)
+        """Offer the checkpoint ``path`` as the model (and select it), through the session."""
+        if select:
+            self.session.use_model(path)
+        else:
+            self.session.add_model(path)
+
+    def _model_index(self, path) -> int:
+        """The model combo's row of the checkpoint ``path``, added when missing."""
         index = self.model_combo.findData(path)
         if index < 0:
-            index = self.model_combo.count() - 1
+            index = self.model_combo.count() - 1  # before "choose a checkpoint…"
+            # Inserting before the current row moves it and Qt reports that as a new index; with
+            # "choose a checkpoint…" current (its file dialog adds the file) that would open the
+            # dialog again. The current item itself is unchanged, so nothing is lost.
+            blocked = self.model_combo.blockSignals(True)
             self.model_combo.insertItem(index, f"file: {path.rsplit('/', 1)[-1]}", path)
-        if select:
-            self.model_combo.setCurrentIndex(index)
+            self.model_combo.blockSignals(blocked)
+        return index
+
+    def _on_models(self, models, old=None):
+        for path in models:
+            self._model_index(path)
+
+    def _show_model(self, path, old=None):
+        self.model_combo.setCurrentIndex(0 if path is None else self._model_index(path))
+
+    def _on_image_chosen(self, name):
+        self.session.image = name or None
 
     def _on_model_chosen(self, index):
-        if self.model_combo.itemData(index) != CHOOSE_FILE:
+        data = self.model_combo.itemData(index)
+        if data != CHOOSE_FILE:
+            self.session.model = data
             return
         path, _ = QFileDialog.getOpenFileName(self, "Model", "",
                                               "napari-spoco checkpoint or bioimage.io model (*.pt *.pth *.zip)")
@@ -180,7 +221,7 @@ class SegmentWidget(QWidget):
         else:
             self.model_combo.setCurrentIndex(0)
 
-    def _update_buttons(self):
+    def _update_buttons(self, *args):
         segmented = self.instances_layer is not None  # _refresh_choices drops a removed one
         enabled = segment_buttons(self.worker is not None, self.cache is not None, segmented)
         self.predict_button.setEnabled(enabled["predict"])
@@ -196,7 +237,7 @@ class SegmentWidget(QWidget):
         path = self.model_combo.currentData()
         device = self.device_combo.currentText()
         if path is None:
-            snapshot = self.train.latest_snapshot
+            snapshot = self.session.snapshot
             if snapshot is None:
                 raise SpocoInputError(
                     "There is no trained model yet: train one in the Train tab (its preview "
@@ -236,7 +277,7 @@ class SegmentWidget(QWidget):
             return None
         self._progress = Progress()
         self._cancel = threading.Event()
-        self.cache = None
+        self.session.invalidate()
         self.status.setText("predicting…")
         self.worker = start_function_worker(
             predict_and_segment, load, view.array, view.channel_axis,
@@ -265,9 +306,10 @@ class SegmentWidget(QWidget):
         return Path(tempfile.mkdtemp(prefix="napari-spoco-blocks-"))
 
     def _on_predicted(self, result, view, model_key):
-        self.cache = {"image": view.layer.name, "model": model_key, "view": view,
-                      "embeddings": result["embeddings"], "foreground": result["foreground"],
-                      "source": result["source"], "blocks": result.get("blocks")}
+        self.session.embeddings = EmbeddingsCache(
+            image=view.layer.name, model=model_key, view=view, embeddings=result["embeddings"],
+            foreground=result["foreground"], source=result["source"],
+            blocks=result.get("blocks"))
         self._show_result(view, result["instances"], result["pca"])
         notes = "".join(f"\n{note}" for note in result["notes"])
         if result.get("blocks"):
@@ -297,15 +339,15 @@ class SegmentWidget(QWidget):
             report_error(self.status, err, "re-clustering")
             return None
         cache = self.cache
-        if cache.get("blocks"):
+        if cache.blockwise:
             # block by block, clustering is part of each block's pass: run it again
             notify_info("This image was segmented block by block: predicting and segmenting "
                         "it again with the new settings.")
             return self.predict()
         self.status.setText(f"clustering with {method}…")
         self.worker = start_function_worker(
-            recluster, cache["embeddings"], cache["foreground"], cache["source"], method, params,
-            spacing=cache["view"].scale,
+            recluster, cache.embeddings, cache.foreground, cache.source, method, params,
+            spacing=cache.view.scale,
             on_return=lambda result: self._on_reclustered(result, cache),
             on_error=self._on_error, on_finish=self._on_finish,
         )
@@ -313,7 +355,7 @@ class SegmentWidget(QWidget):
         return self.worker
 
     def _on_reclustered(self, result, cache):
-        self._show_result(cache["view"], result["instances"], None)
+        self._show_result(cache.view, result["instances"], None)
         self.status.setText(f"re-clustered in {result['seconds']:.1f} s: "
                             f"{_count(result['instances'])} objects")
 
@@ -362,7 +404,7 @@ class SegmentWidget(QWidget):
         if name != PAIRED:
             layer = self.viewer.layers[name] if name in self.viewer.layers else None
             return layer if isinstance(layer, Labels) else None
-        image = self.cache["image"] if self.cache is not None else self.image_combo.currentText()
+        image = self.cache.image if self.cache is not None else self.image_combo.currentText()
         for row in self.data.rows:
             if row.image_layer() is not None and row.image_layer().name == image:
                 return row.labels_layer()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 
+from psygnal import EmitLoopError
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
@@ -12,6 +13,7 @@ from ._session import dropped_models
 from .data_widget import DataWidget
 from .keys import viewer_keys
 from .segment_widget import SegmentWidget
+from .session_model import SpocoSession
 from .train_widget import TrainWidget
 from .workers import start_function_worker, warm_up_imports
 
@@ -33,6 +35,10 @@ def _scrolled(widget: QWidget) -> QScrollArea:
 class SpocoWidget(QWidget):
     """Annotate a few objects, fine-tune live, inspect and accept.
 
+    The tabs share one :class:`.session_model.SpocoSession` (``self.session``): the Train tab
+    writes the run's state, snapshot and checkpoint to it, the Segment tab and "Suggest next"
+    follow its events; no tab reaches into another for them.
+
     Parameters
     ----------
     napari_viewer : napari.Viewer
@@ -42,10 +48,10 @@ class SpocoWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.data = DataWidget(napari_viewer)
-        self.train = TrainWidget(napari_viewer, self.data)
-        self.segment = SegmentWidget(napari_viewer, self.data, self.train)
-        self.data.suggest.model_provider = lambda: self.train.latest_snapshot
+        self.session = SpocoSession()
+        self.data = DataWidget(napari_viewer, session=self.session)
+        self.train = TrainWidget(napari_viewer, self.data, session=self.session)
+        self.segment = SegmentWidget(napari_viewer, self.data, session=self.session)
         self.tabs = QTabWidget()
         self.tabs.addTab(_scrolled(self.data), "Data")
         self.tabs.addTab(_scrolled(self.train), "Train")
@@ -80,15 +86,16 @@ class SpocoWidget(QWidget):
     def use_model(self, path) -> None:
         """Make the checkpoint ``path`` the model to fine-tune and to segment with."""
         try:
+            # The Train tab's source model is its own choice; the Segment tab follows the session.
             self.train.settings.add_model(path)
-            self.segment.add_model(path)
-        except RuntimeError:  # this dock's Qt side is gone (napari closed it): stop listening
+            self.session.use_model(path)
+        except (RuntimeError, EmitLoopError):  # this dock's Qt side is gone (napari closed it)
             dropped_models.dropped.disconnect(self.use_model)
 
     def _on_trained(self, result):
         # After a run the Segment tab offers the fresh model; its snapshot is the current one
         # (and its clustering settings come from core.segmentation, like the CLI's).
-        self.segment.model_combo.setCurrentIndex(0)
+        self.session.model = None
 
     def shutdown(self, timeout_s: float = 60.0) -> None:
         """Stop training, write pending annotations, let the warm-up finish (viewer closes)."""

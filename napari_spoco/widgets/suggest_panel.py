@@ -14,6 +14,7 @@ from napari_spoco.core.errors import SpocoInputError
 from .keys import viewer_keys
 from .narrow import WrappingLabel
 from .notifications import report_error
+from .session_model import SpocoSession
 from .workers import start_function_worker
 
 #: Free in napari for Labels and Image layers (Shapes uses S for select, but the highlight is
@@ -24,6 +25,8 @@ UNCERTAINTY_NAME = "uncertainty (f/g)"
 NO_MODEL = ("There is no model to suggest from yet: paint a few objects and background, train "
             "in the Train tab (a preview or the end of training makes the model current), then "
             "press Suggest next again.")
+SUGGEST_TIP = ("Centre the view on the predicted object the model is least sure of (f and its "
+               "momentum copy g disagree most) that is not painted")
 
 
 def compute_suggestion(snapshot, image, channel_axis, painted, background_id):
@@ -39,20 +42,19 @@ def compute_suggestion(snapshot, image, channel_axis, painted, background_id):
 class SuggestPanel(QWidget):
     """A button (and the S key) that suggests the next object, and an uncertainty layer toggle.
 
-    ``model_provider`` returns the current ``ModelSnapshot`` or None; the dock sets it to the
-    Train tab's latest snapshot.
+    It suggests with ``session.snapshot`` (the newest training weights, see
+    :class:`.session_model.SpocoSession`); the button is enabled once there is one. The S key
+    stays bound without one and then says what to do.
     """
 
-    def __init__(self, viewer, data_widget, parent=None):
+    def __init__(self, viewer, data_widget, parent=None, session: SpocoSession | None = None):
         super().__init__(parent)
         self.viewer = viewer
         self.data = data_widget
-        self.model_provider = lambda: None
+        self.session = SpocoSession() if session is None else session
         self.worker = None
         self.last = None  # (UncertaintyResult, Suggestion, view)
         self.button = QPushButton("Suggest next (S)")
-        self.button.setToolTip("Centre the view on the predicted object the model is least sure "
-                               "of (f and its momentum copy g disagree most) that is not painted")
         self.show_map = QCheckBox("show uncertainty")
         self.show_map.setToolTip("Show the per-pixel f/g disagreement (in units of δd) as a layer")
         self.status = WrappingLabel("")
@@ -66,13 +68,20 @@ class SuggestPanel(QWidget):
         self.button.clicked.connect(lambda: self.suggest())
         self.show_map.toggled.connect(lambda _: self._show_map())
         viewer_keys(viewer).bind(SUGGEST_KEY, lambda v: self.suggest())
+        self.session.events.snapshot.connect(self._on_snapshot)
+        self._on_snapshot(self.session.snapshot)
+
+    def _on_snapshot(self, snapshot, old=None):
+        # A disabled button without a reason is a dead end: its tooltip says what to do.
+        self.button.setEnabled(snapshot is not None)
+        self.button.setToolTip(SUGGEST_TIP if snapshot is not None else NO_MODEL)
 
     def suggest(self):
         """Start scoring the first pair's image in a worker; the view moves when it is done."""
         if self.worker is not None:
             return None
         try:
-            snapshot = self.model_provider()
+            snapshot = self.session.snapshot
             if snapshot is None:
                 raise SpocoInputError(NO_MODEL)
             pairs = self.data.pairs()

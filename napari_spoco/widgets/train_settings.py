@@ -280,7 +280,11 @@ class TrainSettings(QWidget):
         index = self.source_combo.findData(path)
         if index < 0:
             index = self.source_combo.count() - 1  # before "choose a file…"
+            # With "choose a file…" current, the insert shifts it and Qt reports a new index,
+            # which would open the file dialog again: the insert itself is not a choice.
+            blocked = self.source_combo.blockSignals(True)
             self.source_combo.insertItem(index, f"file: {Path(path).name}", path)
+            self.source_combo.blockSignals(blocked)
         if select:
             self.source_combo.setCurrentIndex(index)
 

@@ -20,6 +20,7 @@ from .narrow import WrappingLabel
 from .notifications import notify_info, notify_warning, report_error
 from .preview import PreviewRequest, PreviewResult, PreviewSchedule
 from .preview_layers import prepare_preview_layers, preview_request, show_preview_layers
+from .session_model import SpocoSession
 from .train_settings import TrainSettings
 from .workers import (
     PreviewFailed,
@@ -31,15 +32,21 @@ from .workers import (
 
 
 class TrainWidget(QWidget):
-    """Training controls, progress, loss curve and live preview."""
+    """Training controls, progress, loss curve and live preview.
+
+    The run's phase and step, its newest snapshot and its checkpoint are written to
+    ``session`` (a :class:`.session_model.SpocoSession`, a new one when not given), where the
+    other tabs read them.
+    """
 
     finished = Signal(object)  # TrainingFinished
     preview_shown = Signal(object)  # PreviewResult
 
-    def __init__(self, viewer, data_widget, parent=None):
+    def __init__(self, viewer, data_widget, parent=None, session: SpocoSession | None = None):
         super().__init__(parent)
         self.viewer = viewer
         self.data = data_widget
+        self.session = SpocoSession() if session is None else session
         self.settings = TrainSettings()
         self.start_button = QPushButton("Train")
         self.pause_button = QPushButton("Pause")
@@ -70,8 +77,6 @@ class TrainWidget(QWidget):
         self.worker = None
         self.trainer = None
         self.schedule = PreviewSchedule()
-        self.latest_snapshot = None  # ModelSnapshot of the newest weights
-        self.latest_checkpoint = None  # Path of the last checkpoint written
         self.last_report = None
         self.first_preview_seconds = None
         self._views = []
@@ -109,6 +114,11 @@ class TrainWidget(QWidget):
     def running(self) -> bool:
         """Whether a training worker is alive (also while paused)."""
         return self.worker is not None
+
+    @property
+    def latest_checkpoint(self):
+        """The last checkpoint this session's training wrote (``session.checkpoint``)."""
+        return self.session.checkpoint
 
     def _update_buttons(self):
         self.pause_button.setEnabled(self.running)
@@ -150,6 +160,7 @@ class TrainWidget(QWidget):
                                           spacings=[view.scale for view in views])
             source = self.settings.source_path()
             save_path = self.settings.save_path()
+            self.session.start_training(config.iterations)  # last: it refuses a second run
         except SpocoInputError as err:
             report_error(self.status, err, "starting training")
             return None
@@ -202,9 +213,11 @@ class TrainWidget(QWidget):
             return
         if self.trainer.paused:
             self.trainer.resume()
+            self.session.resume_training()
             self.status.setText("training resumed")
         else:
             self.trainer.pause()
+            self.session.pause_training()
             self.status.setText("paused after the current step: paint, push, or resume")
         self._update_buttons()
 
@@ -224,6 +237,7 @@ class TrainWidget(QWidget):
             self._pending.append("stop")
         else:
             self.trainer.stop()
+        self.session.stop_training()
         self.status.setText("stopping after the current step, then saving…")
 
     def push_annotations(self):
@@ -269,9 +283,15 @@ class TrainWidget(QWidget):
     def _on_yield(self, item):
         if isinstance(item, TrainerReady):
             self.trainer = item.trainer
-            self.status.setText(f"{self.status.text()}  Device: {device_line(self.trainer)}")
+            from napari_spoco.core.model.input_scale import describe_input_scale
+
+            scale_line = describe_input_scale(self.trainer.config, self.trainer.annotations)
+            self.status.setText(f"{self.status.text()}  Device: {device_line(self.trainer)}"
+                                + (f"; {scale_line}" if scale_line else ""))
             for action in self._pending:
                 (self.trainer.pause if action == "pause" else self.trainer.stop)()
+                if action == "pause":  # a pending stop is in the session since Stop was pressed
+                    self.session.pause_training()
             self._pending = []
             self._update_buttons()
         elif isinstance(item, PreviewResult):
@@ -290,10 +310,10 @@ class TrainWidget(QWidget):
         self.progress.setFormat(progress_text(report.iteration, report.iterations, report.loss,
                                               report.seconds_per_step))
         self.loss_plot.add(report.iteration, report.loss)
+        self.session.training_step(report.iteration)
 
     def _on_return(self, result: TrainingFinished):
-        self.latest_snapshot = result.snapshot
-        self.latest_checkpoint = result.path
+        self.session.trained(result.snapshot, result.path)
         reason = {"iterations": "finished", "stopped": "stopped", "lr": "converged (lr floor)"}
         word = reason.get(result.reason, "ended")
         self.status.setText(f"{word} at iteration {result.iteration}; saved {result.path}")
@@ -310,6 +330,7 @@ class TrainWidget(QWidget):
         gc.unfreeze()
         self.worker = None
         self.trainer = None
+        self.session.training_ended()
         self._update_buttons()
 
     # -- live preview ----------------------------------------------------------------------
@@ -345,7 +366,7 @@ class TrainWidget(QWidget):
         show_preview_layers(self.viewer, result, self._labels_layers, reveal=self._reveal_preview)
         self._reveal_preview = False
         if result.snapshot is not None:
-            self.latest_snapshot = result.snapshot
+            self.session.snapshot = result.snapshot
         if self.first_preview_seconds is None and self._started_at is not None:
             self.first_preview_seconds = time.perf_counter() - self._started_at
         self.status.setText(

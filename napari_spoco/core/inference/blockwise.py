@@ -157,21 +157,6 @@ def needs_blockwise(spatial_shape, channels: int, lazy: bool) -> bool:
     return bool(lazy) or 4 * int(channels) * int(np.prod(spatial_shape)) > IN_MEMORY_LIMIT
 
 
-def network_context(network, ndim: int) -> tuple:
-    """Pixels, per axis, beyond which the network's output no longer depends on the input.
-
-    Half the receptive field (``UNet.receptive_field``); a network that does not say uses the
-    default prediction overlap. A block whose halo is at least this wide predicts its core
-    exactly as a pass over the whole volume would.
-    """
-    field = getattr(network, "receptive_field", None)
-    if field is None:
-        from .prediction import DEFAULT_OVERLAP
-
-        return tuple(DEFAULT_OVERLAP[ndim])
-    return tuple(-(-int(f) // 2) for f in field)
-
-
 def plan_blocks(spatial_shape, block_shape=None, halo=None, *, context=None,
                 multiple=None) -> BlockGrid:
     """The block grid for a volume.
@@ -186,7 +171,7 @@ def plan_blocks(spatial_shape, block_shape=None, halo=None, *, context=None,
         stitching slab (``halo - context`` deep, at most half the halo) lies where both
         neighbours' embeddings are exact. Rounded up to ``multiple``.
     context : sequence of int, optional
-        :func:`network_context`; default the prediction tiles' overlap.
+        :func:`.prediction.network_context`; default the prediction tiles' overlap.
     multiple : sequence of int, optional
         The network's ``required_multiple``: blocks and halos on that grid keep the network's
         pooling aligned with a whole-volume pass.
@@ -589,7 +574,7 @@ def segment_blockwise(network, image, normalization=None, *, settings=None,
     >>> result["grid"].grid_shape, zarr.open_array(out).shape
     ((2, 3), (40, 70))
     """
-    from .prediction import _check_layout, frozen_network, model_ndim
+    from .prediction import _check_layout, frozen_network, model_ndim, network_context
 
     opened = _open(image)
     shape = tuple(int(s) for s in opened.shape)

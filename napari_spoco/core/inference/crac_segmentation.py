@@ -49,6 +49,10 @@ class AffinityHead(torch.nn.Module):
         self.in_channels, self.ndim = model.in_channels, model.ndim
         self.out_channels = model.affinity_channels
         self.required_multiple = model.required_multiple
+        self.receptive_field = model.receptive_field  # exact default tiles, as for embeddings
+        # the grid the network works on; the affinity maps are resampled back like embeddings
+        # (their offsets stay those of the network's grid: an approximation at scale ≠ 1)
+        self.input_scale = getattr(model, "input_scale", None) or 1.0
         self.foreground = False
 
     def forward(self, x):

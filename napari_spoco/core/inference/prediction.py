@@ -28,15 +28,21 @@ from ..model.frozen_norm import (
     freeze_group_norm,
     has_group_norm,
 )
+from ..model.input_scale import input_scale_of, resample, scaled_shape
 from ..training.distributed import amp_dtype, autocast
 from ..validation import check_image_dtype
-from .tiling import TileLayout, plan_tiles, window
+from .tiling import TileLayout, _per_axis, plan_tiles, window
 
-#: Default tile and overlap per spatial dimensionality. 2D: 512² with 1/8 overlap. 3D: thin in z
-#: because 3D stacks are usually anisotropic; its overlap is 1/4 of the tile so that the
-#: zero-weight margin (a quarter of the overlap) still spans two slices in z.
+#: Tile and overlap for a network that does not state its receptive field, and the shape of
+#: the group-norm calibration tiles. Networks that do (``UNet``) get :func:`default_tiling`.
 DEFAULT_TILE = {2: (512, 512), 3: (32, 128, 128)}
 DEFAULT_OVERLAP = {2: (64, 64), 3: (8, 32, 32)}
+
+#: Most voxels of one default prediction tile (2D and 3D). A forward pass of the default U-Net
+#: peaks at about 0.7 KB of memory per voxel on the CPU (1024² in 2D: 0.7 GB above the start,
+#: 64×256×256 in 3D: 2.7 GB; ``benchmarks/bench_prediction.py``), so a tile stays near 1.5 GB,
+#: and most images a user paints are predicted in one pass: no seam, no calibration.
+TILE_VOXELS = 2 ** 21
 
 #: Tiles per forward pass on accelerators; on the CPU a bigger batch only costs memory.
 ACCELERATOR_BATCH = {2: 4, 3: 2}
@@ -49,6 +55,86 @@ class PredictionCancelled(RuntimeError):
 
     An ``out`` array passed in is then only partly written.
     """
+
+
+def network_context(network, ndim: int) -> tuple[int, ...]:
+    """Pixels, per axis, beyond which the network's output no longer depends on the input.
+
+    Half the receptive field (``UNet.receptive_field``), rounded up; a network that does not say
+    uses the default prediction overlap. A tile or block whose cut edges lie at least this far
+    from the pixels it keeps predicts them exactly as a pass over the whole image would.
+
+    Examples
+    --------
+    >>> from napari_spoco.core.model.unet import UNet
+    >>> network_context(UNet(1, 4, 2, features=(4, 8)), 2)
+    (9, 9)
+    """
+    field = getattr(network, "receptive_field", None)
+    if field is None:
+        return tuple(DEFAULT_OVERLAP[ndim])
+    return tuple(-(-int(f) // 2) for f in field)
+
+
+def default_tiling(network, spatial_shape) -> tuple[tuple[int, ...], ...]:
+    """Tile shape, overlap and zero-weight margin of a default prediction: the one decision.
+
+    The margin is the network's context (:func:`network_context`), so tiles are exact; the
+    overlap adds a short ramp (half the context) between the two margins. The tile is the whole
+    image when it has at most :data:`TILE_VOXELS` voxels. Larger images get tiles of about that
+    size whose axes are proportional to the overlap (so every axis recomputes the same fraction),
+    never shorter than three overlaps (which can exceed the budget for a deep 3D network),
+    clipped to the image.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        The network; its ``receptive_field`` and ``required_multiple`` are used when present.
+    spatial_shape : sequence of int
+        Spatial shape of the image.
+
+    Returns
+    -------
+    tile_shape, overlap, margin : tuple of int
+        Per spatial axis, for :func:`~.tiling.plan_tiles`.
+
+    Examples
+    --------
+    >>> from napari_spoco.core.model.unet import UNet
+    >>> network = UNet(1, 4, 2, features=(16, 32, 64, 128))
+    >>> default_tiling(network, (512, 512))  # one pass
+    ((512, 512), (120, 120), (48, 48))
+    >>> default_tiling(network, (4096, 4096))[0]
+    (1448, 1448)
+    """
+    shape = tuple(int(s) for s in spatial_shape)
+    ndim = len(shape)
+    field = getattr(network, "receptive_field", None)
+    if field is None:
+        overlap = tuple(DEFAULT_OVERLAP[ndim])
+        return tuple(min(t, s) for t, s in zip(DEFAULT_TILE[ndim], shape)), overlap, tuple(
+            o // 4 for o in overlap)
+    margin = network_context(network, ndim)
+    overlap = tuple(2 * m + max(2, m // 2) for m in margin)
+    multiple = tuple(getattr(network, "required_multiple", (1,) * ndim))
+    if int(np.prod(shape)) <= TILE_VOXELS:
+        return shape, overlap, margin
+    shortest = tuple(min(s, -(-3 * o // m) * m) for s, o, m in zip(shape, overlap, multiple))
+
+    def tile_for(scale: float) -> tuple[int, ...]:
+        return tuple(min(s, max(low, int(scale * o))) for s, low, o in zip(shape, shortest,
+                                                                           overlap))
+
+    low, high = 0.0, float(max(shape))  # bisection on the scale of the tile / overlap ratio
+    for _ in range(60):
+        middle = (low + high) / 2
+        if np.prod(tile_for(middle), dtype=np.float64) <= TILE_VOXELS:
+            low = middle
+        else:
+            high = middle
+    tile = tuple(max(lo, t // m * m) if t < s else s
+                 for t, m, s, lo in zip(tile_for(low), multiple, shape, shortest))
+    return tile, overlap, margin
 
 
 def model_ndim(model: torch.nn.Module, image_ndim: int, channel_axis: int | None) -> int:
@@ -154,6 +240,7 @@ def predict_embeddings(
     calibration_tile_shape=None,
     calibration_tiles: int = CALIBRATION_TILES,
     foreground_out=None,
+    _on_network_grid: bool = False,
 ):
     """Predict pixel embeddings ``(E, *spatial)`` for a 2D or 3D image of any size.
 
@@ -202,6 +289,13 @@ def predict_embeddings(
         blended foreground **logits** (see :func:`predict_with_foreground` for probabilities).
         Without it the head's output is dropped.
 
+    Notes
+    -----
+    A network trained at an input scale ≠ 1 (``model.input_scale``, see
+    :mod:`napari_spoco.core.model.input_scale`) gets the image resampled to its grid, and the
+    outputs come back on the image's grid: the result always has the image's spatial shape.
+    That image is then read whole into memory.
+
     Returns
     -------
     numpy.ndarray or the ``out`` array
@@ -229,6 +323,14 @@ def predict_embeddings(
     check_image_dtype(getattr(image, "dtype", np.float32))
     ndim = model_ndim(model, len(shape), channel_axis)
     channel_axis = _check_layout(shape, ndim, channel_axis)
+    scale = input_scale_of(model)
+    if scale != 1.0 and not _on_network_grid:
+        return _predict_resampled(
+            model, image, normalization, scale, channel_axis=channel_axis, out=out,
+            dtype=dtype, foreground_out=foreground_out, tile_shape=tile_shape, overlap=overlap,
+            batch_size=batch_size, device=device, progress=progress, cancel=cancel,
+            groupnorm=groupnorm, calibration_tile_shape=calibration_tile_shape,
+            calibration_tiles=calibration_tiles)
     spatial_shape = tuple(s for a, s in enumerate(shape) if a != channel_axis)
     n_channels = 1 if channel_axis is None else shape[channel_axis]
     in_channels = getattr(model, "in_channels", n_channels)
@@ -248,11 +350,16 @@ def predict_embeddings(
     if groupnorm not in ("image", "tile"):
         raise SpocoInputError(f"groupnorm must be 'image' or 'tile', got {groupnorm!r}.")
     multiple = getattr(model, "required_multiple", (1,) * ndim)
+    default_tile, default_overlap, context = default_tiling(model, spatial_shape)
+    overlap = default_overlap if overlap is None else _per_axis(overlap, ndim, "overlap")
+    # A given overlap keeps the exact margin when it has room for it (and a 2-pixel ramp).
+    margin = tuple(c if o >= 2 * c + 2 else o // 4 for c, o in zip(context, overlap))
     layout = plan_tiles(
         spatial_shape,
-        DEFAULT_TILE[ndim] if tile_shape is None else tile_shape,
-        DEFAULT_OVERLAP[ndim] if overlap is None else overlap,
+        default_tile if tile_shape is None else tile_shape,
+        overlap,
         multiple,
+        margin,
     )
     total = len(layout)
     out_channels = getattr(model, "out_channels", None)
@@ -306,6 +413,38 @@ def predict_embeddings(
             done += len(batch)
             if progress is not None and progress(done, total) is False:
                 raise PredictionCancelled(f"Prediction cancelled after {done}/{total} tiles.")
+    return out
+
+
+def _predict_resampled(model, image, normalization, scale, *, channel_axis, out, dtype,
+                       foreground_out, **kwargs):
+    """:func:`predict_embeddings` for a network with an input scale ≠ 1.
+
+    The image is resampled to the network's grid (in memory), predicted there with the usual
+    tiles, and the embeddings and foreground logits are resampled back to the image's grid by
+    the same linear interpolation (``core.model.input_scale.resample``) that training used.
+    """
+    array = np.asarray(image)
+    spatial = tuple(s for a, s in enumerate(array.shape) if a != channel_axis)
+    small = resample(array, scaled_shape(spatial, scale), channel_axis=channel_axis)
+    small_foreground = None
+    if foreground_out is not None:
+        small_foreground = np.zeros(scaled_shape(spatial, scale), np.float32)
+    embeddings = predict_embeddings(model, small, normalization, channel_axis=channel_axis,
+                                    foreground_out=small_foreground, _on_network_grid=True,
+                                    **kwargs)
+    embeddings = resample(np.asarray(embeddings), spatial, channel_axis=0)
+    if foreground_out is not None:
+        if tuple(foreground_out.shape) != spatial:
+            raise SpocoInputError(
+                f"foreground_out has shape {tuple(foreground_out.shape)} but the image's "
+                f"spatial shape is {spatial}."
+            )
+        foreground_out[...] = resample(small_foreground, spatial)
+    if out is None:
+        return embeddings.astype(dtype, copy=False)
+    out = _prepare_out(out, embeddings.shape[0], spatial, dtype)
+    out[...] = embeddings.astype(out.dtype, copy=False)
     return out
 
 

@@ -3,9 +3,12 @@
 A layout is separable: along each axis the tiles start on a grid that is a multiple of the
 network's pooling factor, so every tile sees the same pooling grid as the whole image would and
 tiles agree in their interiors. Each tile's blending window is the product of one 1D profile per
-axis; a profile is 0 over the outer quarter of an overlap (where zero padding at the tile's cut
-edge corrupts the output), a raised-cosine ramp over the middle half, and 1 elsewhere. Sides that
-lie on the image border keep weight 1 up to the border.
+axis; a profile is 0 over a margin at the tile's cut edge (where zero padding there corrupts the
+output), a raised-cosine ramp over the rest of the overlap, and 1 elsewhere. Sides that lie on
+the image border keep weight 1 up to the border. With a margin at least the network's context
+(half its receptive field, :func:`.prediction.network_context`) no output pixel that gets weight
+depends on the cut, so tiles agree exactly with a whole-image pass; the default margin, a
+quarter of the overlap, is for networks that do not state their context.
 
 Because windows are separable, the sum of all windows is the product of per-axis sums, so each
 1D profile is divided by its axis sum up front. The blended output is then a plain sum of tile
@@ -54,11 +57,15 @@ def tile_starts(size: int, tile: int, step: int, multiple: int) -> list[int]:
 
 
 def blend_profile(
-    length: int, overlap: int, ramp_before: bool, ramp_after: bool
+    length: int, overlap: int, ramp_before: bool, ramp_after: bool, margin: int | None = None
 ) -> np.ndarray:
-    """1D blending window of a tile: 0 on the outer quarter of an overlap, then a cosine ramp."""
+    """1D blending window of a tile: 0 on ``margin`` pixels of an overlap, then a cosine ramp.
+
+    ``margin`` (default a quarter of the overlap, at most half of it) is the zero-weight width
+    at a cut side; the ramp fills the ``overlap − 2·margin`` pixels between the two margins.
+    """
     weight = np.ones(length, dtype=np.float64)
-    margin = overlap // 4
+    margin = overlap // 4 if margin is None else min(int(margin), overlap // 2)
     ramp = overlap - 2 * margin
     # Raised cosine sampled at pixel centres: strictly between 0 and 1 on the ramp.
     rise = 0.5 - 0.5 * np.cos(np.pi * (np.arange(ramp) + 0.5) / ramp) if ramp else np.ones(0)
@@ -115,6 +122,7 @@ def plan_tiles(
     tile_shape: int | Sequence[int],
     overlap: int | Sequence[int],
     multiple: int | Sequence[int] = 1,
+    margin: int | Sequence[int] | None = None,
 ) -> TileLayout:
     """Lay out overlapping tiles over an image of spatial ``shape``.
 
@@ -129,6 +137,9 @@ def plan_tiles(
         rounded up so that the step between tiles is a multiple of ``multiple``.
     multiple : int or sequence of int
         Pooling factor of the network per axis: tile starts are multiples of it.
+    margin : int or sequence of int, optional
+        Zero-weight width at each cut side of a tile (see :func:`blend_profile`); default a
+        quarter of the overlap. Tiles are exact when it is at least the network's context.
 
     Returns
     -------
@@ -139,13 +150,14 @@ def plan_tiles(
     tile_shape = _per_axis(tile_shape, ndim, "tile_shape")
     overlap = _per_axis(overlap, ndim, "overlap")
     multiple = _per_axis(multiple, ndim, "multiple")
-    if min(tile_shape) < 1 or min(overlap) < 0:
+    margins = (None,) * ndim if margin is None else _per_axis(margin, ndim, "margin")
+    if min(tile_shape) < 1 or min(overlap) < 0 or min(m or 0 for m in margins) < 0:
         raise SpocoInputError(
             f"tile_shape must be positive and overlap non-negative, got tile_shape={tile_shape}"
-            f" and overlap={overlap}."
+            f" and overlap={overlap} (margin={margin})."
         )
     tiles, overlaps, starts, stops, weights = [], [], [], [], []
-    for size, tile, over, mult in zip(shape, tile_shape, overlap, multiple):
+    for size, tile, over, mult, edge in zip(shape, tile_shape, overlap, multiple, margins):
         tile = math.ceil(tile / mult) * mult
         over = min(over, tile // 2)
         if tile - over < mult:  # tiny tiles: grow them so that consecutive tiles overlap
@@ -156,13 +168,13 @@ def plan_tiles(
         axis_stops = [s + tile for s in axis_starts[:-1]] + [size]
         actual = tile - step if len(axis_starts) > 1 else 0
         profiles = [
-            blend_profile(stop - start, actual, start > 0, stop < size)
+            blend_profile(stop - start, actual, start > 0, stop < size, edge)
             for start, stop in zip(axis_starts, axis_stops)
         ]
         total = np.zeros(size)
         for start, stop, profile in zip(axis_starts, axis_stops, profiles):
             total[start:stop] += profile
-        # Holds by construction (overlap ≤ tile/2, margins = overlap/4); a failure is a bug.
+        # Holds by construction (overlap ≤ tile/2, margins ≤ overlap/2); a failure is a bug.
         assert total.min() > 0, "tile windows leave pixels uncovered"
         tiles.append(tile)
         overlaps.append(actual)

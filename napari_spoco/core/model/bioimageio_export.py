@@ -213,6 +213,14 @@ def export_bioimageio(
         ) from err
     checkpoint = load_checkpoint(checkpoint_path)
     loaded = load_model(checkpoint_path, device="cpu")
+    if loaded.model.input_scale != 1.0:
+        # bioimage.io 0.5 has no preprocessing step that resizes an input and its outputs back
+        raise SpocoInputError(
+            f"{Path(checkpoint_path).name} was trained on images resampled by "
+            f"{loaded.model.input_scale:g} (its input scale, from the painted objects' size); a "
+            "bioimage.io package cannot resample, so it would see cells of the wrong size. "
+            "Export a model trained at input scale 1 (TrainingConfig(input_scale=1.0))."
+        )
     name = name or f"napari-spoco {Path(checkpoint_path).stem}"
     with tempfile.TemporaryDirectory(prefix="napari-spoco-bioimageio-") as tmp:
         try:

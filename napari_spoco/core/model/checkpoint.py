@@ -460,6 +460,8 @@ def build_network(checkpoint: dict, state_key: str, path: str, device) -> torch.
             "by an incompatible napari-spoco version or is damaged."
         ) from err
     load_state(network, checkpoint[state_key], path)
+    # the grid it was trained on: prediction resamples images to it (core.model.input_scale)
+    network.input_scale = float(dict(checkpoint.get("config") or {}).get("input_scale") or 1.0)
     return network.to(device)
 
 

@@ -70,7 +70,8 @@ class TrainingConfig:
         Weight of the foreground loss in the total.
     foreground_lr : float
         Adam learning rate of the foreground head (one linear layer, see
-        ``training.parameter_groups``); the rest of the network uses ``lr``.
+        ``training.parameter_groups``), and of a CRAC affinity head new on a fine-tuning
+        source that had none; the rest of the network uses ``lr``.
     foreground_ring : int
         Unlabeled pixels this close to a labeled object count as background in the
         foreground loss (0: off; ``foreground.foreground_loss``).
@@ -175,6 +176,8 @@ class TrainingConfig:
     affinity_channels: int = 0
     crac: CracSettings = field(default_factory=CracSettings)
     mixed_precision: bool | None = None
+    input_scale: float | None = None
+    object_size: float | None = None
 
     def __post_init__(self):
         if isinstance(self.crac, dict):
@@ -238,6 +241,9 @@ class TrainingConfig:
             problems.append(
                 f"autosave_iterations must be at least 1 (or None), got {self.autosave_iterations}"
             )
+        if self.input_scale is not None and not self.input_scale > 0:
+            problems.append(f"input_scale must be positive (or None: decided from the painted "
+                            f"objects), got {self.input_scale}")
         if self.patch_shape is not None and min(self.patch_shape, default=0) < 1:
             problems.append(f"patch_shape must be positive sizes, got {self.patch_shape}")
         if (
@@ -458,12 +464,40 @@ def resolve_config(config: TrainingConfig, pairs, source_checkpoint: dict | None
         config = take_image_settings(config, pairs)
     if source_checkpoint is not None:
         config = adopt_source(config, source_checkpoint, str(source_path))
+    config = resolve_input_scale(config, pairs, source_checkpoint)
     return resolve_defaults(config)
+
+
+def resolve_input_scale(config: TrainingConfig, pairs, source_checkpoint: dict | None = None
+                        ) -> TrainingConfig:
+    """The grid the network trains on: the painted objects resampled to the source's size.
+
+    Left as given when set; prepared ``TrainingData`` keeps its own; otherwise
+    :func:`~napari_spoco.core.run_defaults.default_input_scale` of the source's object size and
+    the median painted object (1.0 from scratch).
+    """
+    from ..inference.segmentation import summarize_annotations
+    from ..run_defaults import default_input_scale, source_object_size
+    from .data import TrainingData
+
+    if config.input_scale is not None:
+        return config
+    if isinstance(pairs, TrainingData):
+        return config.replace(input_scale=pairs.input_scale)
+    source_size = 0.0 if source_checkpoint is None else source_object_size(source_checkpoint)
+    if not source_size > 0:
+        return config.replace(input_scale=1.0)
+    summary = summarize_annotations((labels for _, labels in pairs), config.mode,
+                                    config.background_id, config.ignore_id)
+    return config.replace(input_scale=default_input_scale(
+        source_size, summary["median_object_size"], summary["n_objects"], config.ndim))
 
 
 def settle_config(config: TrainingConfig, data) -> TrainingConfig:
     """What the prepared data decided (patch clipped to the images, anisotropy), and the CRAC
     affinity head that depends on it; ``config`` itself is not changed."""
     config = config.replace(patch_shape=tuple(data.patch_shape),
-                            anisotropic=bool(data.anisotropic))
+                            anisotropic=bool(data.anisotropic),
+                            input_scale=float(data.input_scale),
+                            object_size=float(data.network_object_size()))
     return resolve_affinity_channels(config)

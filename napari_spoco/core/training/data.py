@@ -111,6 +111,7 @@ class TrainingData:
         normalization: Normalization | None = None,
         augment=True,
         labeled_fraction: float = 0.9,
+        input_scale: float = 1.0,
     ):
         if mode not in ("sparse", "dense"):
             raise SpocoInputError(f"mode must be 'sparse' or 'dense', got {mode!r}.")
@@ -130,6 +131,9 @@ class TrainingData:
         self.background_id = background_id
         self.ignore_id = ignore_id
         self.labeled_fraction = float(labeled_fraction)
+        if not float(input_scale) > 0:
+            raise SpocoInputError(f"input_scale must be positive, got {input_scale}.")
+        self.input_scale = float(input_scale)
         self._lock = threading.Lock()
         self._summary = None  # annotation_summary(), recomputed after set_labels
         self._images, self._labels, self._index = [], [], []
@@ -139,6 +143,8 @@ class TrainingData:
                 labels = validate_pair(image, labels, self.ndim, channel_axis)
             except SpocoInputError as err:
                 raise SpocoInputError(f"Training pair {i}: {err}") from err
+            if self.input_scale != 1.0:  # the network's grid (core.model.input_scale)
+                image, labels = self._to_network_grid(image, labels)
             self._images.append(image)
             self._labels.append(self._own(labels))
             self._index.append(self._build_index(self._labels[-1]))
@@ -173,6 +179,13 @@ class TrainingData:
         return len(self._images)
 
     # -- labels -------------------------------------------------------------------------------
+
+    def _to_network_grid(self, image, labels):
+        from ..model.input_scale import resample, scaled_shape
+
+        shape = scaled_shape(self._spatial_shape(image), self.input_scale)
+        return (resample(np.asarray(image), shape, channel_axis=self.channel_axis),
+                resample(np.asarray(labels), shape, labels=True))
 
     def _spatial_shape(self, image) -> tuple[int, ...]:
         shape = list(image.shape)
@@ -224,6 +237,10 @@ class TrainingData:
         labels, never a mixture.
         """
         labels = _as_array(labels)
+        if self.input_scale != 1.0:  # painted on the image's grid: bring them to the network's
+            from ..model.input_scale import resample
+
+            labels = resample(np.asarray(labels), self.shapes[index], labels=True)
         labels = validate_pair(self._images[index], labels, self.ndim, self.channel_axis)
         labels = self._own(labels)
         entry = self._build_index(labels)
@@ -234,14 +251,23 @@ class TrainingData:
             self._summary = None
 
     def annotation_summary(self) -> dict:
-        """``segmentation.summarize_annotations`` of the current labels (cached)."""
+        """``segmentation.summarize_annotations`` of the current labels (cached).
+
+        Sizes are on the images' own grid, where segmentation happens; see
+        :meth:`network_object_size` for the network's grid.
+        """
         from ..inference.segmentation import summarize_annotations
 
         with self._lock:
             if self._summary is None:
                 self._summary = summarize_annotations(
                     self._labels, self.mode, self.background_id, self.ignore_id)
+                self._summary["median_object_size"] /= self.input_scale ** self.ndim
             return dict(self._summary)
+
+    def network_object_size(self) -> float:
+        """Median labeled object size in voxels on the network's grid (0 without objects)."""
+        return self.annotation_summary()["median_object_size"] * self.input_scale ** self.ndim
 
     def objects_per_pair(self, include_background: bool = True) -> list[int]:
         """Number of labeled objects in each pair.

@@ -33,7 +33,7 @@ from ..model.checkpoint import (
 )
 from ..model.momentum import make_momentum_copy, momentum_update
 from ..model.normalization import Normalization
-from ..model.unet import UNet
+from ..model.unet import UNet, complete_architecture
 from . import distributed
 from .adversarial import Critic, WganGp, default_crop_shape, kernel_scale, object_masks
 from .config import (
@@ -111,21 +111,33 @@ class _LossTracker:
         return self.time_avg / (1 - self.time_beta**self.count) if self.count else math.nan
 
 
-def parameter_groups(model: UNet, config: TrainingConfig) -> list[dict]:
-    """Adam groups: the network, and the foreground head at ``config.foreground_lr``.
+def parameter_groups(model: UNet, config: TrainingConfig,
+                     new_affinity_head: bool = False) -> list[dict]:
+    """Adam groups: the network, the foreground head at ``config.foreground_lr``, the CRAC
+    affinity head (its own group, so that the layout depends on the architecture only).
 
     Adam moves a weight by at most about its learning rate per step, so at the embedding
     network's 2e-4 (a tenth of the source's when fine-tuning) a fresh foreground head could
     shift its logits by a few tenths in a thousand steps: it ranked pixels right long before it
     was calibrated (background at p = 0.4, measured on StarDist nuclei after 300 steps). One
     linear layer tolerates a far larger step.
+
+    The affinity head learns at ``config.lr`` with the network it is trained with, except when
+    it is new on a fine-tuning source that had none (``new_affinity_head``): at the source's
+    lr / 10 it stays near its random start, since 265 steps at 1e-4 move a weight by about
+    0.03 at most against an initial sd of 0.15. On issue 14's transfer pair its explicit
+    affinities then segmented far worse than the same network's embeddings (adapted Rand error
+    0.74 vs 0.14), so a new head takes ``config.foreground_lr`` too.
     """
-    head = [] if model.foreground_head is None else list(model.foreground_head.parameters())
-    head_ids = {id(p) for p in head}
-    body = [p for p in model.parameters() if id(p) not in head_ids]
-    groups = [{"params": body}]
-    if head:
-        groups.append({"params": head, "lr": config.foreground_lr})
+    heads = []
+    if model.foreground_head is not None:
+        heads.append((list(model.foreground_head.parameters()), config.foreground_lr))
+    if model.affinity_head is not None:
+        heads.append((list(model.affinity_head.parameters()),
+                      config.foreground_lr if new_affinity_head else config.lr))
+    head_ids = {id(p) for params, _ in heads for p in params}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in head_ids]}]
+    groups += [{"params": params, "lr": lr} for params, lr in heads]
     return groups
 
 
@@ -205,6 +217,8 @@ class Trainer:
         self.momentum_model = make_momentum_copy(self.model)
         if source_ckpt is not None and "momentum_state" in source_ckpt:
             load_source_state(self.momentum_model, source_ckpt["momentum_state"], str(source))
+        # prediction resamples images to the grid the networks learn on (model.input_scale)
+        self.model.input_scale = self.momentum_model.input_scale = config.input_scale
         self.model.to(self.device)
         self.momentum_model.to(self.device)
         # DDP averages f's gradients over the ranks; self.model stays the bare network
@@ -217,8 +231,11 @@ class Trainer:
             config.crac, config.mode, config.background_id, config.ignore_id)
         self.adversarial = None if critic is None else WganGp(
             critic.to(self.device), config.adversarial, seed=config.seed + 1)
+        new_affinity_head = source_ckpt is not None and self.model.affinity_head is not None \
+            and not complete_architecture(source_ckpt["architecture"])["affinity_channels"]
         self.optimizer = torch.optim.Adam(
-            parameter_groups(self.model, config), lr=config.lr, weight_decay=config.weight_decay
+            parameter_groups(self.model, config, new_affinity_head), lr=config.lr,
+            weight_decay=config.weight_decay,
         )
         self.scheduler = None
         if config.reduce_lr_on_plateau:
@@ -252,6 +269,7 @@ class Trainer:
             anisotropic=config.anisotropic,
             normalization=normalization,
             augment=config.augment,
+            input_scale=1.0 if config.input_scale is None else config.input_scale,
         )
         return data  # it clips the patch and decides anisotropy: settle_config records them
 
