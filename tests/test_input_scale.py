@@ -73,7 +73,10 @@ def test_fine_tuning_on_larger_objects_trains_on_the_source_grid(tmp_path):
     assert source_object_size(torch.load(source_path, weights_only=True)) == source_size
 
     image, labels = discs((128, 128), 8, 32)
-    tuned = Trainer([(image, labels)], tiny(mode="dense"), source=source_path)
+    # the default keeps the images' grid; "auto" resamples them
+    assert Trainer([(image, labels)], tiny(mode="dense"),
+                   source=source_path).config.input_scale == 1.0
+    tuned = Trainer([(image, labels)], tiny(mode="dense", input_scale="auto"), source=source_path)
     scale = tuned.config.input_scale
     assert scale == default_input_scale(source_size, np.median(np.bincount(labels.ravel())[1:]),
                                         int(labels.max()), 2)
@@ -120,8 +123,9 @@ def test_an_explicit_input_scale_wins_and_a_bad_one_is_refused():
     image, labels = discs((64, 64), 8, 32)
     trainer = Trainer([(image, labels)], tiny(mode="dense", input_scale=2.0))
     assert trainer.data.shapes == [(128, 128)]
-    with pytest.raises(SpocoInputError, match="input_scale must be positive"):
-        tiny(input_scale=0.0)
+    for bad in (0.0, -1.0, "big"):
+        with pytest.raises(SpocoInputError, match="input_scale must be a positive number"):
+            tiny(input_scale=bad)
 
 
 def test_bioimageio_export_refuses_a_model_with_an_input_scale(tmp_path):
@@ -149,7 +153,8 @@ def test_stem_sample_cells_are_no_longer_cut_by_the_ovules_model():
     sample = sample_dataset("stem_2d")
     trainer = Trainer([(sample["image"], sample["partial_labels"])],
                       TrainingConfig(iterations=0, device="cpu", autosave_seconds=None,
-                                     background_id=sample["background_id"]),
+                                     background_id=sample["background_id"],
+                                     input_scale="auto"),
                       source=resolve_checkpoint("ovules_2d"))
     assert 0.55 <= trainer.config.input_scale <= 0.7
     truth = sample["labels"]
@@ -167,3 +172,23 @@ def test_stem_sample_cells_are_no_longer_cut_by_the_ovules_model():
     assert plain_count > 1.5 * n_cells  # the symptom
     assert scaled_count < 1.3 * n_cells
     assert scaled_sbd > plain_sbd + 0.08  # measured 0.753 vs 0.645 (266 vs 480 segments)
+
+
+def test_cli_input_scale_option(tmp_path, capsys):
+    import tifffile
+
+    from napari_spoco.cli import main
+    from napari_spoco.cli.train import input_scale_option
+
+    assert input_scale_option("auto") == "auto" and input_scale_option("0.5") == 0.5
+    image, labels = discs((64, 64), 8, 32)
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    common = ["train", "--image", str(tmp_path / "image.tif"), "--labels",
+              str(tmp_path / "labels.tif"), "--iterations", "1", "--patch-shape", "32", "32",
+              "--mode", "dense", "--device", "cpu", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "bad.pt"), "--input-scale", "zero"]) == 2
+    assert "--input-scale must be 'auto' or a positive number" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "half.pt"), "--input-scale", "0.5"]) == 0
+    assert "images resampled by 0.5" in capsys.readouterr().err
+    assert load_model(tmp_path / "half.pt").model.input_scale == 0.5

@@ -91,6 +91,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     run_group.add_argument("--method", choices=("spoco", "crac", "both"), default=None,
                            help="training objective: spoco (default), crac (affinity head, "
                                 "cross-representation consistency) or both losses summed")
+    run_group.add_argument("--input-scale", default=None, metavar="auto|S",
+                           help="resample the images by S for the network, or 'auto': to the "
+                                "object size the --source model was trained on (default 1)")
     run_group.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     run_group.add_argument("--autosave-seconds", type=float, default=None, metavar="S",
                            help="save the checkpoint at least every S seconds (default 60)")
@@ -131,6 +134,22 @@ def read_pairs(args) -> list:
     return pairs
 
 
+def input_scale_option(value):
+    """``--input-scale``: ``auto`` or a positive number (None when not given)."""
+    from napari_spoco.core.errors import SpocoInputError
+
+    if value is None or value == "auto":
+        return value
+    try:
+        scale = float(value)
+    except ValueError:
+        scale = float("nan")
+    if not scale > 0:
+        raise SpocoInputError(
+            f"--input-scale must be 'auto' or a positive number, got {value!r}.")
+    return scale
+
+
 def build_config(args, pairs=None):
     """A ``TrainingConfig`` from the options given.
 
@@ -156,6 +175,7 @@ def build_config(args, pairs=None):
         "seed": args.seed,
         "autosave_seconds": args.autosave_seconds,
         "method": args.method,
+        "input_scale": input_scale_option(getattr(args, "input_scale", None)),
     }
     settings = {key: value for key, value in settings.items() if value is not None}
     if args.norm is not None:

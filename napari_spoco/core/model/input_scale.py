@@ -95,11 +95,11 @@ def describe_input_scale(config, annotations: dict) -> str | None:
     >>> from types import SimpleNamespace
     >>> describe_input_scale(SimpleNamespace(input_scale=0.62, object_size=333.0),
     ...                      {"median_object_size": 869.0})
-    'images resampled by 0.62 for the network: painted objects of median 869 px, the source was trained on 333 px'
+    'images resampled by 0.62 for the network: painted objects of median 869 px become 333 px'
     """
     scale = float(getattr(config, "input_scale", None) or 1.0)
     if scale == 1.0:
         return None
     painted = float(annotations.get("median_object_size") or 0)
     return (f"images resampled by {scale:g} for the network: painted objects of median "
-            f"{painted:.0f} px, the source was trained on {float(config.object_size or 0):.0f} px")
+            f"{painted:.0f} px become {float(config.object_size or 0):.0f} px")

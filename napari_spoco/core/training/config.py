@@ -176,7 +176,7 @@ class TrainingConfig:
     affinity_channels: int = 0
     crac: CracSettings = field(default_factory=CracSettings)
     mixed_precision: bool | None = None
-    input_scale: float | None = None
+    input_scale: float | str | None = None
     object_size: float | None = None
 
     def __post_init__(self):
@@ -241,9 +241,10 @@ class TrainingConfig:
             problems.append(
                 f"autosave_iterations must be at least 1 (or None), got {self.autosave_iterations}"
             )
-        if self.input_scale is not None and not self.input_scale > 0:
-            problems.append(f"input_scale must be positive (or None: decided from the painted "
-                            f"objects), got {self.input_scale}")
+        if self.input_scale not in (None, "auto") and not (
+                isinstance(self.input_scale, (int, float)) and self.input_scale > 0):
+            problems.append(f"input_scale must be a positive number, 'auto' (from the painted "
+                            f"objects' size) or None (1), got {self.input_scale!r}")
         if self.patch_shape is not None and min(self.patch_shape, default=0) < 1:
             problems.append(f"patch_shape must be positive sizes, got {self.patch_shape}")
         if (
@@ -470,20 +471,26 @@ def resolve_config(config: TrainingConfig, pairs, source_checkpoint: dict | None
 
 def resolve_input_scale(config: TrainingConfig, pairs, source_checkpoint: dict | None = None
                         ) -> TrainingConfig:
-    """The grid the network trains on: the painted objects resampled to the source's size.
+    """The grid the network trains on (``config.input_scale`` becomes a number).
 
-    Left as given when set; prepared ``TrainingData`` keeps its own; otherwise
-    :func:`~napari_spoco.core.run_defaults.default_input_scale` of the source's object size and
-    the median painted object (1.0 from scratch).
+    A number is kept; prepared ``TrainingData`` keeps its own scale; None (the default) is 1,
+    the images' own grid; ``"auto"`` resamples the painted objects to the size the source was
+    trained on (:func:`~napari_spoco.core.run_defaults.default_input_scale`; 1 from scratch).
+
+    Why "auto" is not the default: on the synthetic transfer pair it repairs the source model's
+    cut cells before training, but sparse fine-tuning on the resampled grid merged cells more
+    than at scale 1 (docs/results.md, "Object size").
     """
     from ..inference.segmentation import summarize_annotations
     from ..run_defaults import default_input_scale, source_object_size
     from .data import TrainingData
 
-    if config.input_scale is not None:
-        return config
     if isinstance(pairs, TrainingData):
         return config.replace(input_scale=pairs.input_scale)
+    if config.input_scale is None:
+        return config.replace(input_scale=1.0)
+    if config.input_scale != "auto":
+        return config.replace(input_scale=float(config.input_scale))
     source_size = 0.0 if source_checkpoint is None else source_object_size(source_checkpoint)
     if not source_size > 0:
         return config.replace(input_scale=1.0)
