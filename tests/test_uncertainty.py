@@ -2,10 +2,18 @@
 
 import numpy as np
 import pytest
+import torch
 from training_support import blobs, tiny
 
 from napari_spoco.core.errors import SpocoInputError
+from napari_spoco.core.inference.prediction import predict_with_foreground
+from napari_spoco.core.inference.segmentation import (
+    SegmentationSettings,
+    segment_output,
+    settings_for,
+)
 from napari_spoco.core.inference.uncertainty import (
+    augmentation_instability,
     embedding_disagreement,
     segment_means,
     segmentation_disagreement,
@@ -13,6 +21,7 @@ from napari_spoco.core.inference.uncertainty import (
     uncertainty_scores,
 )
 from napari_spoco.core.training import Trainer
+from napari_spoco.core.training.augment import AugmentConfig
 
 
 def three_segments():
@@ -89,3 +98,86 @@ def test_uncertainty_scores_of_a_trainer_use_the_common_segmentation_path():
     assert result.pixel_map.max() > 0
     suggestion = suggest_next(result.segments, result.scores, labels)
     assert suggestion.segment_id is None or suggestion.segment_id in ids
+
+
+class Intensity(torch.nn.Module):
+    """A fixed "network" embedding each pixel by its intensity (two identical channels)."""
+
+    def forward(self, x):
+        return torch.cat([x, x], dim=1)
+
+
+def test_augmentation_instability_flags_the_segment_jitter_destroys():
+    # Object 1 sits 8 intensity units (4 push margins) above the background: every jitter
+    # keeps it apart. Object 2 is only 0.3 above it: it merges into the background cluster.
+    image = np.zeros((1, 32, 32), np.float32)
+    image[0, 2:12, 2:12] = 8.0
+    image[0, 18:28, 18:28] = 0.3
+    segments = np.zeros((32, 32), np.uint32)
+    segments[2:12, 2:12], segments[18:28, 18:28] = 1, 2
+    settings = SegmentationSettings(method="mws", delta_d=2.0, min_size=4)
+    scores, pixel_map = augmentation_instability(Intensity(), image, segments, settings,
+                                                 channel_axis=0, n_augmentations=3)
+    assert set(scores) == {1, 2}
+    assert scores[1] == pytest.approx(0.0, abs=1e-6)
+    # merged with the ~800-pixel background: best IoU ≈ 100 / 924
+    assert scores[2] > 0.8
+    assert pixel_map.shape == (32, 32) and pixel_map.dtype == np.float32
+
+
+def test_augmentation_instability_is_zero_without_jitter_and_reproducible():
+    image, labels = blobs()
+    trainer = Trainer([(image, labels)], tiny(iterations=3, autosave_seconds=None))
+    for _ in trainer.steps():
+        pass
+    result = uncertainty_scores(trainer, image, signal="augmentation", n_augmentations=2,
+                                seed=3)
+    ids = set(np.unique(result.segments).tolist()) - {0}
+    assert set(result.scores) == ids
+    assert all(0.0 <= v <= 1.0 for v in result.scores.values())
+    again = uncertainty_scores(trainer, image, signal="augmentation", n_augmentations=2,
+                               seed=3)
+    assert again.scores == result.scores
+    np.testing.assert_array_equal(again.pixel_map, result.pixel_map)
+    # No jitter at all: each copy is the image itself, so every segment is reproduced exactly.
+    still = AugmentConfig(contrast=0, brightness=0, gamma=0, blur_sigma=0, noise_std=0)
+    scores, pixel_map = augmentation_instability(
+        trainer.model, image, result.segments, settings_for(trainer),
+        normalization=trainer.normalization, n_augmentations=2, augment_config=still)
+    assert scores == {i: 0.0 for i in ids}
+    assert np.allclose(pixel_map, 0.0, atol=1e-5)
+    # and it agrees with the segmentation every front end makes
+    emb, fg = predict_with_foreground(trainer.model, image, trainer.normalization,
+                                      device="cpu")
+    np.testing.assert_array_equal(segment_output(emb, fg, settings_for(trainer)),
+                                  result.segments)
+
+
+def test_the_augmentation_signal_needs_no_momentum_network():
+    image, labels = blobs()
+    trainer = Trainer([(image, labels)], tiny(iterations=1, autosave_seconds=None))
+    for _ in trainer.steps():
+        pass
+
+    class OnlyF:  # a model source without g
+        model, normalization = trainer.model, trainer.normalization
+        config, annotations = trainer.config, trainer.annotations
+        architecture = trainer.model.config
+
+    result = uncertainty_scores(OnlyF(), image, signal="augmentation", n_augmentations=1)
+    assert set(result.scores) == set(np.unique(result.segments).tolist()) - {0}
+    with pytest.raises(SpocoInputError, match="no momentum network"):
+        uncertainty_scores(OnlyF(), image, signal="momentum")
+
+
+def test_bad_signal_settings_are_input_errors():
+    image, labels = blobs()
+    trainer = Trainer([(image, labels)], tiny(iterations=0, autosave_seconds=None))
+    with pytest.raises(SpocoInputError, match="Unknown uncertainty signal 'entropy'"):
+        uncertainty_scores(trainer, image, signal="entropy")
+    with pytest.raises(SpocoInputError, match="n_augmentations must be at least 1"):
+        augmentation_instability(trainer.model, image, np.zeros(image.shape, np.uint32),
+                                 settings_for(trainer), n_augmentations=0)
+    with pytest.raises(SpocoInputError, match="differ in shape"):
+        augmentation_instability(trainer.model, image, np.zeros((5, 5), np.uint32),
+                                 settings_for(trainer))

@@ -25,12 +25,13 @@ UNCERTAINTY_NAME = "uncertainty (f/g)"
 NO_MODEL = ("There is no model to suggest from yet: paint a few objects and background, train "
             "in the Train tab (a preview or the end of training makes the model current), then "
             "press Suggest next again.")
-SUGGEST_TIP = ("Centre the view on the predicted object the model is least sure of (f and its "
-               "momentum copy g disagree most) that is not painted")
+SUGGEST_TIP = ("Centre the view on the predicted object the model is least sure of (its "
+               "segmentation changes most under small changes of contrast and noise) that is "
+               "not painted")
 
 
 def compute_suggestion(snapshot, image, channel_axis, painted, background_id):
-    """Worker: segment with f, score by f/g disagreement, pick the next object."""
+    """Worker: segment with f, score each segment (``uncertainty.DEFAULT_SIGNAL``), pick one."""
     from napari_spoco.core.inference.uncertainty import suggest_next, uncertainty_scores
 
     result = uncertainty_scores(snapshot, image, channel_axis=channel_axis, device="cpu")
@@ -56,7 +57,8 @@ class SuggestPanel(QWidget):
         self.last = None  # (UncertaintyResult, Suggestion, view)
         self.button = QPushButton("Suggest next (S)")
         self.show_map = QCheckBox("show uncertainty")
-        self.show_map.setToolTip("Show the per-pixel f/g disagreement (in units of δd) as a layer")
+        self.show_map.setToolTip("Show as a layer how much each pixel's embedding varies under "
+                                 "the jitters (standard deviation, in units of δd)")
         self.status = WrappingLabel("")
         row = QHBoxLayout()
         row.addWidget(self.button)

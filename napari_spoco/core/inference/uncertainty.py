@@ -4,7 +4,11 @@ SPOCO trains two networks: f (Adam) and its momentum copy g (a moving average of
 weights). Where the model has settled, f and g embed a pixel alike; where f is still moving,
 they differ. The score of a predicted segment is the mean per-pixel embedding distance
 ``‖f(x) − g(x)‖`` inside it, in units of the push margin ``δd`` (docs/method.md, "Label this
-next"). :func:`suggest_next` picks the most uncertain segment that is not painted yet.
+next"). A second signal needs no g: :func:`augmentation_instability` segments the image again
+after a few photometric jitters of the training augmentation and scores each segment by how
+much it changes (``1 − best IoU``). :func:`uncertainty_scores` computes either
+(``signal="momentum"`` or ``"augmentation"``); :func:`suggest_next` picks the most uncertain
+segment that is not painted yet.
 
 Nothing here imports Qt or napari: the Data tab's "Suggest next" button and
 ``benchmarks/suggest_next.py`` call the same functions.
@@ -21,6 +25,19 @@ from ..errors import SpocoInputError
 #: A segment with more than this fraction of its pixels painted (object or background) is
 #: already annotated and never suggested.
 MAX_PAINTED_FRACTION = 0.5
+
+#: The per-segment signals :func:`uncertainty_scores` can compute.
+SIGNALS = ("momentum", "augmentation")
+
+#: The dock's and the benchmark's signal. Augmentation, because on StarDist 2D (3 seeds,
+#: ``benchmarks/suggest_next.py``) its score followed the segment error (Spearman 0.53-0.64)
+#: where f/g disagreement did not (-0.05), and it reached random picking's SBD with 7.7 instead
+#: of 10 painted objects (docs/results.md, "Label this next").
+DEFAULT_SIGNAL = "augmentation"
+
+#: Photometric draws per image for the augmentation signal: each costs one prediction and one
+#: clustering of the whole image.
+N_AUGMENTATIONS = 4
 
 
 def embedding_disagreement(emb_f: np.ndarray, emb_g: np.ndarray,
@@ -210,39 +227,185 @@ class UncertaintyResult:
     foreground: np.ndarray | None
 
 
+def augmentation_instability(model, image, segments, settings, *, normalization=None,
+                             channel_axis=None, device="cpu", n_augmentations=N_AUGMENTATIONS,
+                             seed=0, augment_config=None, anisotropic=False):
+    """How much each segment changes when the image is photometrically jittered.
+
+    The normalised image is jittered ``n_augmentations`` times by the training's photometric
+    augmentation (``augment.random_photometric``: contrast, brightness, gamma, blur, noise),
+    each copy is predicted by ``model`` and segmented with ``settings``. A segment's score is
+    the mean over the copies of ``1 − best IoU`` with the copy's segments
+    (:func:`segmentation_disagreement`): 0 when every copy reproduces it, 1 when none has
+    anything overlapping it. Unlike the f/g disagreement, this does not depend on how far the
+    momentum network g has caught up with f.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network that made ``segments`` (f).
+    image : array-like
+        ``(C,) [Z,] Y, X`` raw image.
+    segments : ndarray of int
+        Its segmentation of ``image`` (0 = no object).
+    settings : SegmentationSettings
+        The settings ``segments`` was made with (``settings_for(model_source)``).
+    normalization : Normalization or None
+        The statistics the network was trained with; None if ``image`` is normalised already.
+    channel_axis : int or None
+        Channel axis of ``image``.
+    device : str
+        Where to predict.
+    n_augmentations : int
+        Photometric draws (≥ 1); each costs one prediction and one clustering.
+    seed : int
+        Seeds the draws, so a score is reproducible.
+    augment_config : AugmentConfig, optional
+        Strengths and probabilities of the jitters; default: the training's.
+    anisotropic : bool
+        3D only: blur in-plane only.
+
+    Returns
+    -------
+    scores : dict of int to float
+        Score of every segment of ``segments`` (id 0 left out).
+    pixel_map : ndarray of float32
+        Per pixel, the norm of the embeddings' standard deviation over the copies divided by
+        ``settings.delta_d`` (what the Data tab can show as a map).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from napari_spoco.core.inference.segmentation import SegmentationSettings
+    >>> class Identity(torch.nn.Module):  # "embeds" a pixel by its intensity
+    ...     def forward(self, x):
+    ...         return x
+    >>> image = np.zeros((1, 16, 16), np.float32); image[0, 2:8, 2:8] = 4; image[0, 9:15, 9:15] = 8
+    >>> settings = SegmentationSettings(method="mws", delta_d=2.0, min_size=4)
+    >>> segments = np.zeros((16, 16), np.uint32); segments[2:8, 2:8] = 1; segments[9:15, 9:15] = 2
+    >>> scores, pixel_map = augmentation_instability(Identity(), image, segments, settings,
+    ...                                              channel_axis=0, n_augmentations=2)
+    >>> sorted(scores), pixel_map.shape
+    ([1, 2], (16, 16))
+    """
+    from ..model.normalization import channels_first
+    from ..training.augment import AugmentConfig, random_photometric
+    from .prediction import _check_layout, model_ndim, predict_with_foreground
+    from .segmentation import segment_output
+
+    if int(n_augmentations) < 1:
+        raise SpocoInputError(
+            f"n_augmentations must be at least 1, got {n_augmentations}; each is one jittered "
+            "copy of the image that is segmented again.")
+    segments = np.asarray(segments)
+    raw = np.asarray(image[...])
+    ndim = model_ndim(model, raw.ndim, channel_axis)
+    channel_axis = _check_layout(raw.shape, ndim, channel_axis)
+    if raw.shape[-ndim:] != segments.shape:
+        raise SpocoInputError(
+            f"The segmentation {segments.shape} and the image {raw.shape} differ in shape; "
+            "score the segmentation of this image.")
+    normalised = raw.astype(np.float32) if normalization is None else \
+        normalization.apply(raw, channel_axis)
+    normalised = np.ascontiguousarray(channels_first(normalised, channel_axis), np.float32)
+    rng = np.random.default_rng(seed)
+    config = augment_config or AugmentConfig()
+    totals: dict[int, float] = {i: 0.0 for i in np.unique(segments).tolist() if i != 0}
+    mean = square = None
+    for _ in range(int(n_augmentations)):
+        jittered = random_photometric(normalised, rng, anisotropic=anisotropic, config=config)
+        emb, fg = predict_with_foreground(model, jittered, None, channel_axis=0, device=device)
+        for segment_id, value in segmentation_disagreement(
+                segments, segment_output(emb, fg, settings)).items():
+            totals[segment_id] += value
+        emb = emb.astype(np.float64)
+        mean = emb if mean is None else mean + emb
+        square = emb**2 if square is None else square + emb**2
+    n = float(n_augmentations)
+    variance = np.maximum(square / n - (mean / n) ** 2, 0.0)
+    pixel_map = (np.sqrt(variance.sum(axis=0)) / float(settings.delta_d)).astype(np.float32)
+    return {i: v / n for i, v in totals.items()}, pixel_map
+
+
 def uncertainty_scores(model_source, image, *, channel_axis=None, device="cpu",
-                       embeddings=None, foreground=None) -> UncertaintyResult:
-    """Segment ``image`` with f and score every segment by the f/g disagreement.
+                       embeddings=None, foreground=None, signal: str = DEFAULT_SIGNAL,
+                       n_augmentations: int = N_AUGMENTATIONS, seed: int = 0
+                       ) -> UncertaintyResult:
+    """Segment ``image`` with f and score every segment by its uncertainty.
 
     The segmentation is the one every front end makes (``predict_with_foreground`` →
-    ``settings_for`` → ``segment_output``); the score of a segment is the mean of
-    :func:`embedding_disagreement` of f and g inside it.
+    ``settings_for`` → ``segment_output``). The score of a segment is, by ``signal``:
+
+    - ``"momentum"``: the mean of :func:`embedding_disagreement` of f and g inside it;
+    - ``"augmentation"``: :func:`augmentation_instability`, ``1 − best IoU`` of the segment
+      with the segmentations of photometrically jittered copies (needs no g).
 
     Parameters
     ----------
     model_source : Trainer, LoadedModel or ModelSnapshot-like
-        Needs ``model`` and ``momentum_model`` (or a ``build(momentum=...)`` method),
-        ``normalization``, ``config`` and ``annotations``.
+        Needs ``model`` (and, for ``"momentum"``, ``momentum_model`` or a
+        ``build(momentum=...)`` method), ``normalization``, ``config`` and ``annotations``.
     image : array-like
         ``(C,) [Z,] Y, X`` raw image.
     embeddings, foreground : ndarray, optional
         f's prediction of ``image`` when it is at hand already (saves one prediction).
+    signal : {"momentum", "augmentation"}
+        Which score to compute.
+    n_augmentations, seed : int
+        ``"augmentation"`` only: photometric draws and their seed.
+
+    Returns
+    -------
+    UncertaintyResult
+
+    Examples
+    --------
+    >>> from napari_spoco.core.training import Trainer, TrainingConfig
+    >>> image = np.random.default_rng(0).random((32, 32), dtype=np.float32)
+    >>> labels = np.zeros((32, 32), np.uint32); labels[4:12, 4:12] = 1; labels[16:28, 16:28] = 2
+    >>> config = TrainingConfig(features=(4, 8), num_groups=2, iterations=0, device="cpu",
+    ...                         autosave_seconds=None)
+    >>> result = uncertainty_scores(Trainer([(image, labels)], config), image,
+    ...                             signal="augmentation", n_augmentations=1)
+    >>> set(result.scores) == set(np.unique(result.segments).tolist()) - {0}
+    True
     """
     from .prediction import predict_embeddings, predict_with_foreground
     from .segmentation import segment_output, settings_for
 
-    model_f, model_g = _networks(model_source)
+    if signal not in SIGNALS:
+        raise SpocoInputError(
+            f"Unknown uncertainty signal {signal!r}; choose one of {', '.join(SIGNALS)}.")
+    if signal == "momentum":
+        model_f, model_g = _networks(model_source)
+    else:
+        model_f, model_g = _network_f(model_source), None
     normalization = model_source.normalization
     if embeddings is None:
         embeddings, foreground = predict_with_foreground(
             model_f, image, normalization, channel_axis=channel_axis, device=device)
-    emb_g = predict_embeddings(model_g, image, normalization, channel_axis=channel_axis,
-                               device=device)
     settings = settings_for(model_source)
     segments = segment_output(embeddings, foreground, settings)
+    if signal == "augmentation":
+        config = getattr(model_source, "config", None)  # TrainingConfig, or a checkpoint's dict
+        anisotropic = bool(config.get("anisotropic") if isinstance(config, dict)
+                           else getattr(config, "anisotropic", False))
+        scores, pixel_map = augmentation_instability(
+            model_f, image, segments, settings, normalization=normalization,
+            channel_axis=channel_axis, device=device, n_augmentations=n_augmentations,
+            seed=seed, anisotropic=anisotropic)
+        return UncertaintyResult(segments, scores, pixel_map, foreground)
+    emb_g = predict_embeddings(model_g, image, normalization, channel_axis=channel_axis,
+                               device=device)
     pixel_map = embedding_disagreement(embeddings, emb_g, settings.delta_d)
     return UncertaintyResult(segments, segment_means(segments, pixel_map), pixel_map,
                              foreground)
+
+
+def _network_f(model_source):
+    if hasattr(model_source, "build"):  # a ModelSnapshot of the dock
+        return model_source.build()
+    return model_source.model
 
 
 def _networks(model_source):
