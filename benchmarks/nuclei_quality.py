@@ -122,17 +122,26 @@ def run_setting(image, truth, setting, seed, args) -> dict:
     return rows
 
 
+def default_segmentation(model, image, normalization, settings):
+    """Embeddings, foreground and instances of ``image`` as ``napari-spoco segment`` makes them.
+
+    ``settings`` come from ``settings_for`` (of a ``Trainer`` or a ``LoadedModel``); a CRAC
+    model's (``affinity_source == "explicit"``) are segmented on its explicit affinities.
+    """
+    embeddings, foreground = predict_with_foreground(model, image, normalization, device="cpu")
+    affinities = None
+    if settings.affinity_source == "explicit":  # a CRAC model (--config method='"crac"')
+        affinities = predict_affinities(model, image, normalization, device="cpu")
+    seg = segment_output(embeddings, foreground, settings, affinities=affinities)
+    return embeddings, foreground, seg
+
+
 def score(trainer, test_image, test_truth, setting, seed, step, start, args) -> dict:
     """Segment the test half with the defaults of ``trainer`` at ``step`` and score it."""
     train_seconds = time.perf_counter() - start
-    embeddings, foreground = predict_with_foreground(trainer.model, test_image,
-                                                     trainer.normalization, device="cpu")
     settings = settings_for(trainer)
-    affinities = None
-    if settings.affinity_source == "explicit":  # a CRAC model (--config method='"crac"')
-        affinities = predict_affinities(trainer.model, test_image, trainer.normalization,
-                                        device="cpu")
-    seg = segment_output(embeddings, foreground, settings, affinities=affinities)
+    embeddings, foreground, seg = default_segmentation(trainer.model, test_image,
+                                                       trainer.normalization, settings)
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
         path = os.path.join(args.keep, kept_name(args, setting, seed, step))

@@ -53,6 +53,46 @@ SETTINGS = {
 }
 
 
+def transfer_data(ndim: int = 2, quick: bool = False):
+    """The pair's images: ovules-like source, stem-like target and held-out stem-like tests.
+
+    Returns
+    -------
+    source, target : tuple of (image, labels)
+        The ovules-like and the stem-like training image (``SETTINGS`` train shape).
+    tests : list of (image, labels)
+        Held-out stem-like images (``SETTINGS`` test shape and count).
+    """
+    train_shape, test_shape, n_test = SETTINGS[ndim, quick][:3]
+    source = make_tissue(train_shape, preset="ovules", seed=1)
+    target = make_tissue(train_shape, preset="stem", seed=2)
+    tests = [make_tissue(test_shape, preset="stem", seed=100 + i) for i in range(n_test)]
+    return source, target, tests
+
+
+def base_settings(patch, device: str = "cpu") -> dict:
+    """``TrainingConfig`` settings shared by every run of the protocol (seed 0)."""
+    # lr 1e-3 and m = 0.99 from scratch, as the shipped models' recipe, because these runs are
+    # thousands, not the paper's hundreds of thousands, of steps; fine-tuning takes lr / 10
+    # (lr left unset: ``run_defaults.default_learning_rate`` of the source's lr).
+    return {"features": (16, 32, 64), "patch_shape": tuple(patch), "batch_size": 2,
+            "device": device, "autosave_seconds": None, "seed": 0, "momentum": 0.99}
+
+
+def sparse_target(target_labels, fraction: float, seed: int, placement: str = "random"):
+    """The target's labels with only ``fraction`` of its cells kept (at least one)."""
+    # p·n can round to no cell on small images; fine-tuning needs at least one
+    return subsample_objects(target_labels, max(fraction, 1.0 / int(target_labels.max())),
+                             seed, placement=placement)
+
+
+def fine_tune_config(patch, seed: int, iterations: int, device: str = "cpu",
+                     **changes) -> TrainingConfig:
+    """The sparse fine-tuning run of the protocol (``Trainer(..., source=...)`` takes the rest)."""
+    return TrainingConfig(mode="sparse", iterations=iterations,
+                          **{**base_settings(patch, device), "seed": seed, **changes})
+
+
 def shipped_source(ndim: int):
     """Path of the shipped ovules-like model ``ovules_{ndim}d``, or None while it is missing."""
     try:
@@ -81,14 +121,9 @@ def main(argv=None) -> dict:
     train_shape, test_shape, n_test, patch, it_src, it_tgt, it_ft = SETTINGS[args.ndim,
                                                                              args.quick]
     anisotropic = args.ndim == 3
-    # lr 1e-3 and m = 0.99 from scratch, as the shipped models' recipe, because these runs are
-    # thousands, not the paper's hundreds of thousands, of steps; fine-tuning takes lr / 10.
-    base = dict(features=(16, 32, 64), patch_shape=patch, batch_size=2, device=args.device,
-                autosave_seconds=None, seed=0, momentum=0.99)
-
-    source_image, source_labels = make_tissue(train_shape, preset="ovules", seed=1)
-    target_image, target_labels = make_tissue(train_shape, preset="stem", seed=2)
-    tests = [make_tissue(test_shape, preset="stem", seed=100 + i) for i in range(n_test)]
+    base = base_settings(patch, args.device)
+    (source_image, source_labels), (target_image, target_labels), tests = transfer_data(
+        args.ndim, args.quick)
     target_norm = Normalization.fit([target_image], None)
     n_target = int(target_labels.max())
     print(f"ndim {args.ndim}, quick={args.quick}: target training image {train_shape} with "
@@ -117,11 +152,9 @@ def main(argv=None) -> dict:
     def fine_tune(row, fraction, placement="random"):
         results[row] = []
         for seed in range(args.seeds):
-            # p·n can round to no cell on small images; fine-tuning needs at least one
-            sparse = subsample_objects(target_labels, max(fraction, 1.0 / n_target), seed,
-                                       placement=placement)
+            sparse = sparse_target(target_labels, fraction, seed, placement)
             kept = len(np.unique(sparse)) - 1
-            config = TrainingConfig(mode="sparse", iterations=it_ft, **{**base, "seed": seed})
+            config = fine_tune_config(patch, seed, it_ft, args.device)
             trainer = train([(target_image, sparse)], config, source=source_path,
                             label=f"{row} seed {seed} ({kept} cells)")
             results[row].append(error(trainer.model, trainer.normalization))
