@@ -34,9 +34,11 @@ def add_tiling_arguments(parser: argparse.ArgumentParser) -> None:
                        help="axis of the image holding channels (default: none for images with "
                             "the model's dimensionality, else the training run's channel axis)")
     group.add_argument("--tile-shape", type=shape_argument, default=None, metavar="SHAPE",
-                       help="tile shape, e.g. 512 or 32,128,128 (default 512² / 32×128²)")
+                       help="tile shape, e.g. 512 or 32,128,128 (default: the whole image up "
+                            "to 2^21 voxels, exact tiles of about that size beyond)")
     group.add_argument("--overlap", type=shape_argument, default=None, metavar="SHAPE",
-                       help="overlap of neighbouring tiles (default 64 / 8,32,32)")
+                       help="overlap of neighbouring tiles (default: twice the network's "
+                            "context plus a ramp, 120 px for the 2D U-Net)")
     group.add_argument("--batch-size", type=int, default=None,
                        help="tiles per forward pass (default 1 on CPU, more on GPU)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")

@@ -258,8 +258,10 @@ def predict_embeddings(
     channel_axis : int or None
         Axis of ``image`` holding channels; None for single-channel images.
     tile_shape, overlap : int or sequence of int, optional
-        Tile shape and overlap of neighbouring tiles, per spatial axis. Defaults: 512² with
-        overlap 64 in 2D, (32, 128, 128) with overlap (8, 32, 32) in 3D, clipped to the image.
+        Tile shape and overlap of neighbouring tiles, per spatial axis. Defaults:
+        :func:`default_tiling` (the whole image up to :data:`TILE_VOXELS` voxels, exact
+        tiles beyond), or 512² / 64 in 2D and (32, 128, 128) / (8, 32, 32) in 3D for a network
+        that does not state its receptive field.
         Tiles agree exactly with a whole-image prediction when a quarter of the overlap is at
         least half the network's receptive field (group norm frozen, see ``groupnorm``).
     batch_size : int, optional
