@@ -198,6 +198,7 @@ def test_cli_and_train_tab_build_the_same_run(qtbot, tmp_path, shape, device, so
     gui = widget_config(qtbot, shape, device, source)
     for name in ("lr", "iterations", "patch_shape", "batch_size", "anisotropic"):
         assert getattr(cli, name) == pytest.approx(getattr(gui, name)), name
+    assert cli.input_scale is None and gui.input_scale is None  # the images' own grid
     assert cli.anisotropic == rd.default_anisotropic([shape])
     expected_lr = 1e-4 if source is not None else 2e-4
     assert cli.lr == pytest.approx(expected_lr) and gui.lr == pytest.approx(expected_lr)
@@ -206,6 +207,20 @@ def test_cli_and_train_tab_build_the_same_run(qtbot, tmp_path, shape, device, so
                       source=source)
     assert trainer.config.anisotropic == cli.anisotropic
     assert trainer.config.patch_shape == cli.patch_shape and trainer.lr == pytest.approx(cli.lr)
+
+
+def test_cli_and_train_tab_match_the_source_object_size_alike(qtbot):
+    from napari_spoco.widgets.train_settings import TrainSettings
+
+    image = np.zeros((64, 64), np.float32)
+    labels = np.ones((64, 64), np.uint32)
+    settings = TrainSettings()
+    qtbot.addWidget(settings)
+    assert not settings.object_size_check.isChecked()
+    settings.object_size_check.setChecked(True)
+    gui = settings.config(2, None, None, shapes=[(64, 64)])
+    assert gui.input_scale == "auto" == cli_config(image, labels, "--input-scale",
+                                                   "auto").input_scale
 
 
 def test_cli_options_given_win_over_the_defaults():

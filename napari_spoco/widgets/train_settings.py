@@ -195,6 +195,12 @@ class TrainSettings(QWidget):
                                    tip="Momentum m of the network g")
         self.augment_check = QCheckBox("augment")
         self.augment_check.setChecked(True)
+        # input_scale="auto" (run_defaults.default_input_scale); off by default, see method.md
+        self.object_size_check = QCheckBox("match the source's object size")
+        self.object_size_check.setToolTip(
+            "Fine-tuning: resample the images so that the painted objects get the size the "
+            "source model was trained on (needs 3 painted objects). Repairs a source that cuts "
+            "large cells, but sparse fine-tuning on the resampled images can merge cells.")
         self.seed_spin = _spin(0, 2**31 - 1, 0, tip="Seed of weights, sampling and augmentation")
         for label, widget in (("features", self.features_edit),
                               ("embedding dims", self.embedding_spin),
@@ -203,7 +209,7 @@ class TrainSettings(QWidget):
                               ("w unlabeled push", self.w_upush_spin),
                               ("w consistency", self.w_ucon_spin),
                               ("momentum", self.momentum_spin), ("seed", self.seed_spin),
-                              ("", self.augment_check)):
+                              ("", self.augment_check), ("", self.object_size_check)):
             advanced_form.addRow(label, widget)
         self.advanced.addWidget(advanced)
 
@@ -402,6 +408,7 @@ class TrainSettings(QWidget):
             momentum=self.momentum_spin.value(),
             seed=self.seed_spin.value(),
             device=self.device_combo.currentText(),
+            input_scale="auto" if self.object_size_check.isChecked() else None,
         )
 
     def save_path(self) -> Path:
