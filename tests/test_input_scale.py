@@ -192,3 +192,24 @@ def test_cli_input_scale_option(tmp_path, capsys):
     assert main([*common, "--out", str(tmp_path / "half.pt"), "--input-scale", "0.5"]) == 0
     assert "images resampled by 0.5" in capsys.readouterr().err
     assert load_model(tmp_path / "half.pt").model.input_scale == 0.5
+
+
+def test_blockwise_with_an_input_scale_equals_the_whole_image_pass(tmp_path):
+    # Halos cover the network's context in image pixels and blocks start on the pooling grid
+    # seen from the image (multiple / scale): exact when that is a whole number (0.5 here).
+    import zarr
+
+    from napari_spoco.core.inference import blockwise as bw
+    from napari_spoco.core.inference.prediction import frozen_network
+    from napari_spoco.core.model.unet import UNet
+
+    torch.manual_seed(0)
+    model = UNet(1, 4, 2, features=(4, 8, 16), num_groups=2).eval()
+    model.input_scale = 0.5
+    image = discs((160, 176), 8, 32)[0]
+    bw.segment_blockwise(model, image, block_shape=64, embeddings_out=tmp_path / "e.zarr")
+    blockwise = zarr.open_array(str(tmp_path / "e.zarr"))[...]
+    # one pass with the same group-norm statistics (calibrated on the network's grid)
+    whole = predict_embeddings(frozen_network(model, image, device="cpu"), image, device="cpu")
+    assert blockwise.shape == whole.shape == (4, 160, 176)
+    np.testing.assert_allclose(blockwise, whole, atol=1e-5)

@@ -574,6 +574,7 @@ def segment_blockwise(network, image, normalization=None, *, settings=None,
     >>> result["grid"].grid_shape, zarr.open_array(out).shape
     ((2, 3), (40, 70))
     """
+    from ..model.input_scale import input_scale_of
     from .prediction import _check_layout, frozen_network, model_ndim, network_context
 
     opened = _open(image)
@@ -581,8 +582,13 @@ def segment_blockwise(network, image, normalization=None, *, settings=None,
     ndim = model_ndim(network, len(shape), channel_axis)
     channel_axis = _check_layout(shape, ndim, channel_axis)
     spatial = tuple(s for a, s in enumerate(shape) if a != channel_axis)
-    grid = plan_blocks(spatial, block_shape, halo, context=network_context(network, ndim),
-                       multiple=getattr(network, "required_multiple", None))
+    # the context is in the network's pixels; a block's halo is in the image's
+    scale = input_scale_of(network)
+    context = tuple(int(np.ceil(c / scale)) for c in network_context(network, ndim))
+    multiple = getattr(network, "required_multiple", None)
+    if multiple is not None and scale != 1.0:  # the pooling grid, seen from the image's grid
+        multiple = tuple(int(np.ceil(m / scale)) for m in multiple)
+    grid = plan_blocks(spatial, block_shape, halo, context=context, multiple=multiple)
     if settings is not None and labels_out is None:
         raise SpocoInputError("Blockwise segmentation writes its labels to a zarr store: give "
                               "labels_out.")

@@ -384,7 +384,8 @@ def predict_embeddings(
     if groupnorm == "image" and total > 1 and has_group_norm(model):
         network = frozen_network(model, image, normalization, channel_axis=channel_axis,
                                  device=device, calibration_tile_shape=calibration_tile_shape,
-                                 calibration_tiles=calibration_tiles)
+                                 calibration_tiles=calibration_tiles,
+                                 _on_network_grid=_on_network_grid)
     else:
         network = _network_for_inference(model, device)
     done = 0
@@ -515,6 +516,7 @@ def frozen_network(
     calibration_tile_shape=None,
     calibration_tiles: int = CALIBRATION_TILES,
     method: str = "sequential",
+    _on_network_grid: bool = False,
 ) -> torch.nn.Module:
     """The network ``predict_embeddings(groupnorm="image")`` tiles with: group norm frozen.
 
@@ -554,8 +556,12 @@ def frozen_network(
         getattr(model, "required_multiple", (1,) * ndim),
         int(calibration_tiles),
     )
-    batch = np.stack([_read_tile(image, spatial, channel_axis, normalization)
-                      for spatial in regions])
+    tiles = [_read_tile(image, spatial, channel_axis, normalization) for spatial in regions]
+    scale = 1.0 if _on_network_grid else input_scale_of(model)
+    if scale != 1.0:  # calibrate on the grid the network will predict on (blockwise blocks)
+        tiles = [resample(tile, scaled_shape(tile.shape[1:], scale), channel_axis=0)
+                 for tile in tiles]
+    batch = np.stack(tiles)
     network = _network_for_inference(model, device)
     return freeze_group_norm(network, torch.from_numpy(batch).to(device), method=method)
 
