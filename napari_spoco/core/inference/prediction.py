@@ -240,7 +240,7 @@ def predict_embeddings(
     calibration_tile_shape=None,
     calibration_tiles: int = CALIBRATION_TILES,
     foreground_out=None,
-    _on_network_grid: bool = False,
+    input_scale: float | None = None,
 ):
     """Predict pixel embeddings ``(E, *spatial)`` for a 2D or 3D image of any size.
 
@@ -290,13 +290,11 @@ def predict_embeddings(
         For a network with a foreground head: an array of the spatial shape that receives the
         blended foreground **logits** (see :func:`predict_with_foreground` for probabilities).
         Without it the head's output is dropped.
-
-    Notes
-    -----
-    A network trained at an input scale ≠ 1 (``model.input_scale``, see
-    :mod:`napari_spoco.core.model.input_scale`) gets the image resampled to its grid, and the
-    outputs come back on the image's grid: the result always has the image's spatial shape.
-    That image is then read whole into memory.
+    input_scale : float, optional
+        Resample the image by this factor for the network and the outputs back (the image is
+        then read whole into memory); default the network's ``input_scale`` (see
+        :mod:`napari_spoco.core.model.input_scale`), 1 for networks without one. The result
+        always has the image's spatial shape.
 
     Returns
     -------
@@ -325,15 +323,27 @@ def predict_embeddings(
     check_image_dtype(getattr(image, "dtype", np.float32))
     ndim = model_ndim(model, len(shape), channel_axis)
     channel_axis = _check_layout(shape, ndim, channel_axis)
-    scale = input_scale_of(model)
-    if scale != 1.0 and not _on_network_grid:
+    spatial_shape = tuple(s for a, s in enumerate(shape) if a != channel_axis)
+    has_foreground = bool(getattr(model, "foreground", False))
+    if foreground_out is not None:
+        if not has_foreground:
+            raise SpocoInputError(
+                "foreground_out was given but the network has no foreground head; train with "
+                "foreground=True or leave foreground_out out."
+            )
+        if tuple(foreground_out.shape) != spatial_shape:
+            raise SpocoInputError(
+                f"foreground_out has shape {tuple(foreground_out.shape)} but the image's "
+                f"spatial shape is {spatial_shape}."
+            )
+    scale = input_scale_of(model) if input_scale is None else float(input_scale)
+    if scale != 1.0:
         return _predict_resampled(
             model, image, normalization, scale, channel_axis=channel_axis, out=out,
             dtype=dtype, foreground_out=foreground_out, tile_shape=tile_shape, overlap=overlap,
             batch_size=batch_size, device=device, progress=progress, cancel=cancel,
             groupnorm=groupnorm, calibration_tile_shape=calibration_tile_shape,
             calibration_tiles=calibration_tiles)
-    spatial_shape = tuple(s for a, s in enumerate(shape) if a != channel_axis)
     n_channels = 1 if channel_axis is None else shape[channel_axis]
     in_channels = getattr(model, "in_channels", n_channels)
     if n_channels != in_channels:
@@ -365,27 +375,15 @@ def predict_embeddings(
     )
     total = len(layout)
     out_channels = getattr(model, "out_channels", None)
-    has_foreground = bool(getattr(model, "foreground", False))
     if out_channels is not None:
         out = _prepare_out(out, int(out_channels), spatial_shape, dtype)
     if foreground_out is not None:
-        if not has_foreground:
-            raise SpocoInputError(
-                "foreground_out was given but the network has no foreground head; train with "
-                "foreground=True or leave foreground_out out."
-            )
-        if tuple(foreground_out.shape) != spatial_shape:
-            raise SpocoInputError(
-                f"foreground_out has shape {tuple(foreground_out.shape)} but the image's "
-                f"spatial shape is {spatial_shape}."
-            )
         foreground_out[...] = 0
 
     if groupnorm == "image" and total > 1 and has_group_norm(model):
         network = frozen_network(model, image, normalization, channel_axis=channel_axis,
                                  device=device, calibration_tile_shape=calibration_tile_shape,
-                                 calibration_tiles=calibration_tiles,
-                                 _on_network_grid=_on_network_grid)
+                                 calibration_tiles=calibration_tiles, input_scale=1.0)
     else:
         network = _network_for_inference(model, device)
     done = 0
@@ -434,15 +432,9 @@ def _predict_resampled(model, image, normalization, scale, *, channel_axis, out,
     if foreground_out is not None:
         small_foreground = np.zeros(scaled_shape(spatial, scale), np.float32)
     embeddings = predict_embeddings(model, small, normalization, channel_axis=channel_axis,
-                                    foreground_out=small_foreground, _on_network_grid=True,
-                                    **kwargs)
+                                    foreground_out=small_foreground, input_scale=1.0, **kwargs)
     embeddings = resample(np.asarray(embeddings), spatial, channel_axis=0)
     if foreground_out is not None:
-        if tuple(foreground_out.shape) != spatial:
-            raise SpocoInputError(
-                f"foreground_out has shape {tuple(foreground_out.shape)} but the image's "
-                f"spatial shape is {spatial}."
-            )
         foreground_out[...] = resample(small_foreground, spatial)
     if out is None:
         return embeddings.astype(dtype, copy=False)
@@ -516,7 +508,7 @@ def frozen_network(
     calibration_tile_shape=None,
     calibration_tiles: int = CALIBRATION_TILES,
     method: str = "sequential",
-    _on_network_grid: bool = False,
+    input_scale: float | None = None,
 ) -> torch.nn.Module:
     """The network ``predict_embeddings(groupnorm="image")`` tiles with: group norm frozen.
 
@@ -537,6 +529,9 @@ def frozen_network(
         Most calibration tiles (memory: they form one batch).
     method : {"sequential", "live"}
         Passed to :func:`.frozen_norm.freeze_group_norm`.
+    input_scale : float, optional
+        The grid the calibration tiles are resampled to, as in :func:`predict_embeddings`;
+        default the network's ``input_scale`` (1 when ``image`` is on that grid already).
 
     Returns
     -------
@@ -557,7 +552,7 @@ def frozen_network(
         int(calibration_tiles),
     )
     tiles = [_read_tile(image, spatial, channel_axis, normalization) for spatial in regions]
-    scale = 1.0 if _on_network_grid else input_scale_of(model)
+    scale = input_scale_of(model) if input_scale is None else float(input_scale)
     if scale != 1.0:  # calibrate on the grid the network will predict on (blockwise blocks)
         tiles = [resample(tile, scaled_shape(tile.shape[1:], scale), channel_axis=0)
                  for tile in tiles]
