@@ -208,6 +208,81 @@ def test_backends_agree_with_a_mask(fake_affogato):
     assert np.count_nonzero(ours == ours[14, 14]) == 1
 
 
+@pytest.mark.parametrize("shape,n_objects,kwargs", [
+    ((40, 40), 6, {}),
+    ((40, 40), 6, {"strides": (2, 3), "randomize_strides": True, "seed": 3}),
+    ((32, 32), 5, {"mask": "holes"}),
+    ((8, 24, 24), 5, {}),
+    ((8, 24, 24), 5, {"anisotropic": True, "strides": 1}),
+])
+def test_contracted_mutex_watershed_equals_the_reference(fake_affogato, monkeypatch, shape,
+                                                         n_objects, kwargs):
+    """The safe-component contraction gives the plain Kruskal mutex watershed's partition."""
+    mws_module = sys.modules["napari_spoco.core.clustering.mutex_watershed"]
+    emb, _ = make_embeddings(shape, n_objects, noise=0.4, boundary_blur=1.0, seed=11)
+    kwargs = dict(kwargs)
+    if kwargs.get("mask") == "holes":
+        mask = np.ones(shape, bool)
+        mask[10:14, :] = False
+        mask[20:23, 20:23] = False
+        mask[21, 21] = True  # an island of one pixel
+        kwargs["mask"] = mask
+    monkeypatch.setattr(mws_module, "CONTRACTED_MAX_NODE_FRACTION", 1.0)  # never fall back
+    monkeypatch.setattr(mws_module, "CONTRACTED_MAX_EDGE_FRACTION", np.inf)
+    calls = []
+    contracted = mws_module._run_mwatershed_contracted
+
+    def spy(strengths, layout, strides=None):
+        labels = contracted(strengths, layout, strides)
+        calls.append(labels is not None)
+        return labels
+
+    monkeypatch.setattr(mws_module, "_run_mwatershed_contracted", spy)
+    ours = mutex_watershed(emb, backend="mwatershed", **kwargs)
+    reference = mutex_watershed(emb, backend="affogato", **kwargs)
+    assert calls == [True]
+    assert np.unique(ours).size > n_objects  # a non-trivial partition, with fragments
+    assert same_partition(ours, reference)
+    if "mask" in kwargs:
+        assert (ours[~kwargs["mask"]] == 0).all() and (ours[kwargs["mask"]] > 0).all()
+
+
+def test_safe_components_contract_most_pixels_into_single_segments():
+    mws_module = sys.modules["napari_spoco.core.clustering.mutex_watershed"]
+    emb, _ = make_embeddings((64, 64), 8, boundary_blur=0.7, seed=2)
+    layout = default_edge_layout(2)
+    strengths = edge_strengths(emb, layout, 2.0, (4, 4))
+    repulsive = mws_module._repulsive_edge_list(strengths, layout)
+    node, n_nodes = mws_module._safe_components(strengths, layout, [0, 1], repulsive)
+    assert node.min() == 0 and node.max() == n_nodes - 1
+    assert n_nodes < 0.2 * node.size  # the contraction pays
+    # every component lies inside one segment of the uncontracted mutex watershed
+    import mwatershed
+
+    signed = strengths.copy()
+    signed[2:] *= -1
+    plain = mwatershed.agglom(signed, [list(o) for o in layout.offsets]).reshape(-1)
+    pairs = np.unique(np.stack([node, plain]), axis=1)
+    assert pairs.shape[1] == n_nodes
+
+
+def test_contraction_falls_back_to_agglom_where_it_cannot_apply(monkeypatch):
+    mws_module = sys.modules["napari_spoco.core.clustering.mutex_watershed"]
+    emb, _ = make_embeddings((24, 24), 4, seed=3)
+    diagonal = [(1, 1), (0, 1), (3, 0), (0, 3)]  # attractive (1, 1): not a step along an axis
+    layout = mws_module.check_edge_layout(diagonal, 2, 2)
+    strengths = edge_strengths(emb, layout, 2.0, 1)
+    assert mws_module._run_mwatershed_contracted(strengths, layout) is None
+    labels = mutex_watershed(emb, offsets=diagonal, n_attractive=2, strides=1,
+                             backend="mwatershed")
+    assert np.unique(labels).size >= 4
+    # random embeddings: almost every pixel stays its own node, agglom is cheaper
+    noise = np.random.default_rng(0).normal(0, 3, (4, 32, 32)).astype(np.float32)
+    layout = default_edge_layout(2)
+    strengths = edge_strengths(noise, layout, 2.0, (4, 4))
+    assert mws_module._run_mwatershed_contracted(strengths, layout) is None
+
+
 def test_auto_backend_without_affogato_and_clear_error():
     pytest.importorskip("mwatershed")
     try:

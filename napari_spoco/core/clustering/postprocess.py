@@ -49,8 +49,14 @@ def touching_pairs(labels: np.ndarray) -> np.ndarray:
         differ = (a != b) & (a > 0) & (b > 0)
         a, b = a[differ], b[differ]
         pairs.append(np.stack([np.minimum(a, b), np.maximum(a, b)], 1))
-    pairs = np.concatenate(pairs)
-    return np.unique(pairs, axis=0) if pairs.size else pairs.reshape(0, 2)
+    pairs = np.concatenate(pairs).astype(np.int64, copy=False)
+    if not pairs.size:
+        return pairs.reshape(0, 2)
+    # one int64 key per pair: np.unique on it is many times faster than on rows (axis=0),
+    # and sorts the pairs in the same (lexicographic) order
+    top = int(pairs[:, 1].max()) + 1
+    keys = np.unique(pairs[:, 0] * top + pairs[:, 1])
+    return np.stack([keys // top, keys % top], 1)
 
 
 def merge_close_clusters(
@@ -185,7 +191,13 @@ def remove_small(labels: np.ndarray, min_size: int,
 def touches_another_segment(compact: np.ndarray, n_ids: int) -> np.ndarray:
     """Per id of consecutive labels ``compact``, whether a face neighbour has another id > 0."""
     touches = np.zeros(n_ids, bool)
-    touches[touching_pairs(compact).reshape(-1)] = True
+    for axis in range(compact.ndim):
+        offset = tuple(1 if a == axis else 0 for a in range(compact.ndim))
+        source, target = edge_slices(compact.shape, offset)
+        a, b = compact[source], compact[target]
+        differ = (a != b) & (a > 0) & (b > 0)
+        touches[a[differ]] = True
+        touches[b[differ]] = True
     return touches
 
 
