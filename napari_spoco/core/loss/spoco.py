@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import SpocoInputError
+from .kernels import augment_points
 from .terms import (
     attached_zero,
     consistency_term,
@@ -148,17 +149,23 @@ class SpocoLoss(nn.Module):
         rows_f = emb_f.to(dtype).reshape(batch, channels, -1).transpose(1, 2).contiguous()
         rows_g = emb_g.detach().to(dtype).reshape(batch, channels, -1).transpose(1, 2)
         rows_g = rows_g.contiguous()
+        # every pixel's [x, |x|², 1] once: the terms gather the rows of their pixels from these
+        # instead of recomputing |x|² per term (four times over for some pixels)
+        aug_f = augment_points(rows_f.reshape(-1, channels)).reshape(batch, -1, channels + 2)
+        aug_g = augment_points(rows_g.reshape(-1, channels)).reshape(batch, -1, channels + 2)
         # unbind, not rows_f[b]: each indexed view would back-propagate a zero-filled batch
         per_image = [
-            self._image_terms(f, g, lab, generator)
-            for f, g, lab in zip(rows_f.unbind(0), rows_g.unbind(0), labels.unbind(0))
+            self._image_terms(*image, generator)
+            for image in zip(rows_f.unbind(0), rows_g.unbind(0), labels.unbind(0),
+                             aug_f.unbind(0), aug_g.unbind(0))
         ]
         terms = {name: torch.stack([t[name] for t in per_image]).mean() for name in TERM_NAMES}
         total = sum(self._weights[name] * terms[name] for name in TERM_NAMES)
         return total, terms
 
-    def _image_terms(self, emb_f, emb_g, labels, generator):
-        """All six terms of one image; ``emb_f``/``emb_g`` are ``(pixels, E)``."""
+    def _image_terms(self, emb_f, emb_g, labels, aug_f, aug_g, generator):
+        """All six terms of one image; ``emb_f``/``emb_g`` are ``(pixels, E)``, ``aug_f`` /
+        ``aug_g`` their (detached) rows ``[x, |x|², 1]``."""
         regions = self._regions(labels)
         device = emb_f.device
         grad = torch.is_grad_enabled()
@@ -185,16 +192,18 @@ class SpocoLoss(nn.Module):
         if self.anchor_at_mean:
             anchors = means
         else:
-            anchors = emb_labeled[draw_one_per_segment(segment, num_objects, generator, device)]
+            anchors = emb_labeled.index_select(
+                0, draw_one_per_segment(segment, num_objects, generator, device))
         with weighted("obj"):
             terms["obj"] = object_term(
-                emb_labeled, segment, counts, anchors, self._inv_two_sigma_sq
+                emb_labeled, segment, counts, anchors, self._inv_two_sigma_sq,
+                aug_f.index_select(0, labeled_idx),
             )
         with weighted("u_push"):
             unlabeled_idx = regions["unlabeled"].nonzero().squeeze(1)
             terms["u_push"] = unlabeled_push_term(
                 emb_f.index_select(0, unlabeled_idx), self._not_background(means, object_ids),
-                self.delta_d
+                self.delta_d, aug_f.index_select(0, unlabeled_idx),
             )
 
         if self.ignore_id is None:
@@ -202,18 +211,24 @@ class SpocoLoss(nn.Module):
         else:
             scope_idx = regions["valid"].nonzero().squeeze(1)
             scope_f, scope_g = emb_f.index_select(0, scope_idx), emb_g[scope_idx]
+            aug_f, aug_g = aug_f[scope_idx], aug_g[scope_idx]
             in_scope = regions["candidates"][scope_idx]
         # anchor candidates as rows of the scope (candidates are a subset of it)
         candidate_rows = in_scope.nonzero().squeeze(1)
+        cand_f, cand_g = aug_f[candidate_rows], aug_g[candidate_rows]
+        dim = emb_f.shape[1]
         picks = draw_consistency_anchors(
-            scope_f.detach()[candidate_rows], scope_g[candidate_rows], self.delta_v,
-            self.max_anchors, self.anchor_stop_fraction * labels.numel(), generator,
+            cand_f[:, :dim], cand_g[:, :dim], self.delta_v, self.max_anchors,
+            self.anchor_stop_fraction * labels.numel(), generator, cand_f, cand_g,
         )
         with weighted("u_con"):
             terms["u_con"] = consistency_term(
-                scope_f, scope_g, candidate_rows[picks], self._inv_two_sigma_sq
+                scope_f, scope_g, candidate_rows[picks], self._inv_two_sigma_sq, aug_f, aug_g
             )
         # keep every term attached to the graph even where its weight switched it off
+        # (only those that are not: the anchor's backward is a zero-filled image gradient)
+        if all(value.requires_grad for value in terms.values()) or not emb_f.requires_grad:
+            return terms
         anchor = attached_zero(emb_f)
         return {name: value + anchor for name, value in terms.items()}
 

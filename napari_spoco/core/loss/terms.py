@@ -39,7 +39,8 @@ def pull_term(emb, segment, means, counts, delta_v):
     """(1/K) sum_k (1/N_k) sum_{i in M_k} [|e_i - mu_k| - delta_v]_+²."""
     if means.shape[0] == 0:
         return attached_zero(emb)
-    dist = safe_norm(emb - means[segment])
+    # index_select, not means[segment]: its backward (index_add) is the cheaper one
+    dist = safe_norm(emb - means.index_select(0, segment))
     hinge = (dist - delta_v).clamp_min(0.0) ** 2
     return segment_mean(hinge, segment, counts).mean()
 
@@ -51,8 +52,11 @@ def push_term(means, delta_d):
         return attached_zero(means)
     dist = safe_norm(means[:, None, :] - means[None, :, :])
     hinge = (2.0 * delta_d - dist).clamp_min(0.0) ** 2
-    off_diagonal = ~torch.eye(num, dtype=torch.bool, device=means.device)
-    return hinge[off_diagonal].sum() / (num * (num - 1))
+    # The off-diagonal entries in row-major order, as views instead of a boolean mask (whose
+    # nonzero + gather, and index_put backward, cost a third of this term): in the flat
+    # matrix without its first entry, the diagonal entries end the rows of a (K-1, K+1) view.
+    off_diagonal = hinge.reshape(-1)[1:].view(num - 1, num + 1)[:, :num]
+    return off_diagonal.reshape(-1).sum() / (num * (num - 1))
 
 
 def regularizer_term(means):
@@ -76,28 +80,30 @@ def draw_one_per_segment(segment, num_segments, generator, device):
     return order[first_rank]
 
 
-def object_term(emb, segment, counts, anchors, inv_two_sigma_sq):
+def object_term(emb, segment, counts, anchors, inv_two_sigma_sq, emb_aug=None):
     """(1/K) sum_k Dice(S_k, M_k), S_k(i) = exp(-|e_i - a_k|² / (2 sigma²)) over ``emb``'s pixels.
 
     The overlap sum S_k·M_k only needs each pixel's kernel value for its own object; the
     denominator sum S_k² needs every pixel for every object and goes through the chunked
-    ``radial_sum`` (S² = exp(-|e - a|² / sigma²)). sum M_k² = N_k.
+    ``radial_sum`` (S² = exp(-|e - a|² / sigma²)). sum M_k² = N_k. ``emb_aug``: the rows
+    ``[e, |e|², 1]`` (``kernels.augment_points``) when the caller has them.
     """
     if anchors.shape[0] == 0:
         return attached_zero(emb)
-    own_sq = ((emb - anchors[segment]) ** 2).sum(-1)
+    own_sq = ((emb - anchors.index_select(0, segment)) ** 2).sum(-1)
     own_kernel = torch.exp(-inv_two_sigma_sq * own_sq)
     overlap = own_kernel.new_zeros(anchors.shape[0]).index_add(0, segment, own_kernel)
-    soft_sq = radial_sum(emb, anchors, "gauss", 2.0 * inv_two_sigma_sq)
+    soft_sq = radial_sum(emb, anchors, "gauss", 2.0 * inv_two_sigma_sq, emb_aug)
     dice = 1.0 - 2.0 * overlap / (soft_sq + counts + DICE_EPS)
     return dice.mean()
 
 
-def unlabeled_push_term(emb_unlabeled, means, delta_d):
-    """(1/K) sum_k (1/|U|) sum_{i in U} [delta_d - |e_i - mu_k|]_+²."""
+def unlabeled_push_term(emb_unlabeled, means, delta_d, emb_aug=None):
+    """(1/K) sum_k (1/|U|) sum_{i in U} [delta_d - |e_i - mu_k|]_+²; ``emb_aug`` as in
+    :func:`object_term`."""
     if means.shape[0] == 0 or emb_unlabeled.shape[0] == 0:
         return attached_zero(emb_unlabeled) + attached_zero(means)
-    per_object = radial_sum(emb_unlabeled, means, "hinge", delta_d)
+    per_object = radial_sum(emb_unlabeled, means, "hinge", delta_d, emb_aug)
     return per_object.sum() / (means.shape[0] * emb_unlabeled.shape[0])
 
 
@@ -108,12 +114,15 @@ ANCHOR_WINDOW = 32
 
 
 @torch.no_grad()
-def draw_consistency_anchors(cand_f, cand_g, delta_v, max_anchors, min_remaining, generator):
+def draw_consistency_anchors(cand_f, cand_g, delta_v, max_anchors, min_remaining, generator,
+                             aug_f=None, aug_g=None):
     """Exhaustive anchor sampling over the candidate pixels (rows of ``cand_f`` / ``cand_g``).
 
     Repeatedly draw a uniformly random remaining candidate and drop every candidate within
     ``delta_v`` of it in f-space or g-space, while at least ``min_remaining`` candidates are
-    left and fewer than ``max_anchors`` were drawn.
+    left and fewer than ``max_anchors`` were drawn. ``aug_f`` / ``aug_g``: the rows
+    ``[x, |x|², 1]`` of ``cand_f`` / ``cand_g`` (``kernels.augment_points``) when the caller
+    has them.
 
     Returns
     -------
@@ -127,30 +136,40 @@ def draw_consistency_anchors(cand_f, cand_g, delta_v, max_anchors, min_remaining
     # all candidates, each round measures all candidates against the next ANCHOR_WINDOW
     # remaining ones at once and replays the sequential rule on that small window.
     order = _randperm(num, generator, device)
-    aug_f, aug_g = _augmented(cand_f), _augmented(cand_g)
+    aug_f = _augmented(cand_f) if aug_f is None else aug_f
+    aug_g = _augmented(cand_g) if aug_g is None else aug_g
     remaining = torch.ones(num, dtype=torch.bool, device=device)
     picks, num_picked = [], 0
     count, start = num, 0  # order[:start] holds no remaining candidate
     while count > 0 and count >= min_remaining and num_picked < max_anchors:
         positions = remaining[order[start:]].nonzero()[:ANCHOR_WINDOW, 0] + start
         window = order[positions]
-        near = _within(aug_f, window, delta_v) | _within(aug_g, window, delta_v)
+        near = _near(aug_f, aug_g, window, delta_v)
         near[window, torch.arange(len(window), device=device)] = True
         chosen = _replay_window(near[window].cpu().numpy(), max_anchors - num_picked)
         chosen = torch.as_tensor(chosen, device=device)
-        removed = near[:, chosen] & remaining[:, None]
-        removed_total = removed.any(1)
-        if count - int(removed_total.sum()) < min_remaining:
+        # near to any chosen pick, as a matrix-vector product with the chosen columns' 0/1
+        # mask (exact: small whole numbers), twice as fast as near[:, chosen].any(1)
+        chosen_mask = aug_f.new_zeros(len(window))
+        chosen_mask[chosen] = 1.0
+        removed_total = torch.mv(near.to(aug_f.dtype), chosen_mask).gt(0.0)
+        removed_total &= remaining
+        left = count - int(removed_total.sum())  # removed_total lies within remaining
+        if left < min_remaining:
             # the stop rule binds inside this round: keep the picks made while enough was left
+            removed = near[:, chosen] & remaining[:, None]
             left_before = count - removed.cumsum(1).gt_(0).sum(0)
             left_before = torch.cat([left_before.new_full((1,), count), left_before[:-1]])
             allowed = int((left_before >= min_remaining).cumprod(0).sum())
             chosen = chosen[:allowed]
             removed_total = removed[:, :allowed].any(1)
+            left = count - int(removed_total.sum())
         picks.append(window[chosen])
         num_picked += len(chosen)
+        if num_picked >= max_anchors:
+            break  # nothing after this round needs what remains
         remaining &= ~removed_total
-        count = int(remaining.sum())
+        count = left
         start = int(positions[-1]) + 1  # the window is now picked or removed, or we stop
     if not picks:
         return torch.empty(0, dtype=torch.int64, device=device)
@@ -161,12 +180,20 @@ def _augmented(rows):
     return torch.cat([rows, (rows * rows).sum(1, keepdim=True), torch.ones_like(rows[:, :1])], 1)
 
 
-def _within(aug, window, radius):
-    """(candidates, window) booleans: |x_i - x_w|² <= radius², one matmul of augmented rows."""
-    centers = aug[window]
+def _near(aug_f, aug_g, window, radius):
+    """(candidates, window) booleans: within ``radius`` of the window's rows in f or in g.
+
+    One matmul of augmented rows per space gives |x_i - x_w|². (``minimum`` of the two and
+    one comparison would be faster, but it would let a NaN in g hide a neighbour in f.)
+    """
+    radius_sq = radius * radius
+    near = aug_f @ _center_rows(aug_f[window]).t() <= radius_sq
+    return near.logical_or_(aug_g @ _center_rows(aug_g[window]).t() <= radius_sq)
+
+
+def _center_rows(centers):
     # [x, |x|², 1] · [-2 c, 1, |c|²] = |x - c|²
-    centers = torch.cat([-2.0 * centers[:, :-2], centers[:, -1:], centers[:, -2:-1]], 1)
-    return aug @ centers.t() <= radius * radius
+    return torch.cat([-2.0 * centers[:, :-2], centers[:, -1:], centers[:, -2:-1]], 1)
 
 
 def _replay_window(block, budget):
@@ -183,15 +210,16 @@ def _replay_window(block, budget):
     return chosen
 
 
-def consistency_term(scope_f, scope_g, anchor_rows, inv_two_sigma_sq):
+def consistency_term(scope_f, scope_g, anchor_rows, inv_two_sigma_sq, aug_f=None, aug_g=None):
     """(1/A) sum_a Dice(S^f_a, S^g_a), kernels around the anchors' f and g embeddings.
 
     ``scope_f`` / ``scope_g``: ``(N, E)`` embeddings of every pixel the soft masks cover;
-    ``anchor_rows``: anchor indices into them. g never receives gradient.
+    ``anchor_rows``: anchor indices into them. g never receives gradient. ``aug_f`` /
+    ``aug_g``: their rows ``[x, |x|², 1]`` (``kernels.augment_points``) when the caller has them.
     """
     if anchor_rows.shape[0] == 0:
         return attached_zero(scope_f)
-    dice = kernel_dice(scope_f, anchor_rows, scope_g, inv_two_sigma_sq, DICE_EPS)
+    dice = kernel_dice(scope_f, anchor_rows, scope_g, inv_two_sigma_sq, DICE_EPS, aug_f, aug_g)
     return dice.mean()
 
 
