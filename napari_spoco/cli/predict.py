@@ -253,9 +253,11 @@ def run(args) -> int:
     check_outputs([("--out", args.out), ("--pca", args.pca), ("--foreground", args.foreground)],
                   [("--checkpoint", args.checkpoint), ("--image", args.image)], args.overwrite)
     # torch comes with these: imported only once the outputs are known to be writable
+    from napari_spoco.core.inference.lean_forward import limit_heap_retention
     from napari_spoco.core.inference.pca import pca_rgb
     from napari_spoco.core.model.checkpoint import load_model
 
+    limit_heap_retention()  # this process only predicts: return freed slabs to the system
     loaded = load_model(args.checkpoint, args.device)
     image = read_image(args.image)
     if args.blockwise:

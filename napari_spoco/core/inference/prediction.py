@@ -31,6 +31,7 @@ from ..model.frozen_norm import (
 from ..model.input_scale import input_scale_of, resample, scaled_shape
 from ..training.distributed import amp_dtype, autocast
 from ..validation import check_image_dtype
+from .lean_forward import lean_embeddings, lean_forward, supports_lean_forward
 from .tiling import TileLayout, _per_axis, plan_tiles, window
 
 #: Tile and overlap for a network that does not state its receptive field, and the shape of
@@ -211,6 +212,70 @@ def _prepare_out(out, n_channels: int, spatial: tuple[int, ...], dtype):
     return out
 
 
+def _accumulate(target, region, values) -> None:
+    """``target[region] += values``: in place for numpy, read-add-write for zarr and others.
+
+    In place, a numpy output needs no temporary of the tile's size. On zarr ``+=`` on a slice
+    would not write back, so it is read, added and written one chunk at a time (blocks of the
+    target's chunk grid; rows of 256 for arrays without ``chunks``): two tile-sized copies
+    would cost more than the tile's pass.
+    """
+    if isinstance(target, np.ndarray):
+        view = target[region]
+        view += values
+        return
+    first = 1 if region[0] == slice(None) else 0  # (channels, *spatial) or spatial regions
+    chunks = getattr(target, "chunks", None)
+    cuts = []
+    for axis in range(first, len(region)):
+        rows = region[axis]
+        if chunks is not None:
+            step = int(chunks[axis])
+        elif axis == first:
+            step = 256
+        else:
+            cuts.append([(rows.start, rows.stop)])
+            continue
+        bounds = sorted({rows.start, rows.stop,
+                         *range((rows.start // step + 1) * step, rows.stop, step)})
+        cuts.append(list(itertools.pairwise(bounds)))
+    for block in itertools.product(*cuts):
+        part = list(region)
+        local = [slice(None)] * values.ndim
+        for axis, (low, high) in enumerate(block, start=first):
+            part[axis] = slice(low, high)
+            local[axis - len(region) + values.ndim] = slice(low - region[axis].start,
+                                                            high - region[axis].start)
+        part = tuple(part)
+        target[part] = target[part] + values[tuple(local)]
+
+
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    """``array`` made C-contiguous in its own buffer, for a crop view ``buffer[:E, :Y, :X]``.
+
+    A lean pass's embeddings are such a view when the tile was padded to the pooling multiple.
+    Channel by channel, the crop is moved to the front of the buffer: each channel lands at or
+    before its own position and after every earlier one, so no value is overwritten before it
+    is read (``np.copyto`` buffers an overlapping channel), and no second output-sized array is
+    made. The result is a view of the same buffer.
+    """
+    if array.flags.c_contiguous:
+        return array
+    plane = int(np.prod(array.shape[1:]))
+    if array.strides[-1] != array.itemsize or any(
+            array.strides[a] < array.strides[a + 1] * array.shape[a + 1]
+            for a in range(array.ndim - 1)):
+        return np.ascontiguousarray(array)  # not a crop of a C-ordered buffer
+    # The buffer reaches at least to the view's last value, which lies beyond E·plane values.
+    last = sum((n - 1) * st for n, st in zip(array.shape, array.strides)) + array.itemsize
+    flat = np.lib.stride_tricks.as_strided(array, shape=(last // array.itemsize,),
+                                           strides=(array.itemsize,))
+    for channel in range(array.shape[0]):
+        np.copyto(flat[channel * plane:(channel + 1) * plane].reshape(array.shape[1:]),
+                  array[channel])
+    return flat[:array.shape[0] * plane].reshape(array.shape)
+
+
 def _batches(layout: TileLayout, batch_size: int):
     """Group tiles of equal shape (the last tile of an axis can be longer) into batches."""
     groups: dict[tuple[int, ...], list] = {}
@@ -374,8 +439,10 @@ def predict_embeddings(
         margin,
     )
     total = len(layout)
+    # One tile into an array of our own: the lean pass's buffer becomes the output itself.
+    adopt = out is None and total == 1 and np.dtype(dtype) == np.float32
     out_channels = getattr(model, "out_channels", None)
-    if out_channels is not None:
+    if out_channels is not None and not adopt:
         out = _prepare_out(out, int(out_channels), spatial_shape, dtype)
     if foreground_out is not None:
         foreground_out[...] = 0
@@ -386,6 +453,10 @@ def predict_embeddings(
                                  calibration_tiles=calibration_tiles, input_scale=1.0)
     else:
         network = _network_for_inference(model, device)
+    # On the CPU the U-Net runs streamed and in place (:mod:`.lean_forward`): the same numbers
+    # to round-off in about a third of the memory. Accelerators keep the plain forward, with
+    # autocast and batches.
+    lean = device.type == "cpu" and supports_lean_forward(network)
     done = 0
     with torch.inference_mode():
         for batch in _batches(layout, int(batch_size)):
@@ -397,20 +468,33 @@ def predict_embeddings(
             ])
             # bf16/fp16 autocast on CUDA only (distributed.amp_dtype); blending stays float32
             with autocast(device, amp_dtype(device)):
-                result = network(torch.from_numpy(tiles).to(device))
-            if out_channels is None:  # a network without the attribute: learn E now
+                if lean:  # handed over, so that the pass frees the input after its first level
+                    inputs = [torch.from_numpy(tiles)]
+                    del tiles
+                    result, logits = lean_embeddings(network, inputs.pop())
+                else:
+                    result, logits = network(torch.from_numpy(tiles).to(device)), None
+                    del tiles
+                    if has_foreground:
+                        result, logits = result[:, :-1], result[:, -1:]
+            if out is None and not (lean and adopt):  # a network without out_channels
                 out_channels = result.shape[1]
                 out = _prepare_out(out, int(out_channels), spatial_shape, dtype)
-            for (spatial, weights), embedding in zip(batch, result):
+            for index, (spatial, weights) in enumerate(batch):
                 weight = torch.from_numpy(window(weights)).to(device)
-                contribution = (embedding.float() * weight).cpu().numpy()
-                if has_foreground:
-                    if foreground_out is not None:
-                        foreground_out[spatial] = foreground_out[spatial] + contribution[-1]
-                    contribution = contribution[:-1]
-                region = (slice(None), *spatial)
-                # Read-add-write also works on zarr, where ``+=`` on a slice would not.
-                out[region] = out[region] + contribution.astype(out.dtype, copy=False)
+                # The lean pass's output is ours to overwrite: no second tile-sized copy.
+                embedding = result[index].float()
+                embedding = embedding.mul_(weight) if lean else embedding * weight
+                if logits is not None and foreground_out is not None:
+                    _accumulate(foreground_out, spatial,
+                                (logits[index, 0].float() * weight).cpu().numpy())
+                if lean and adopt:  # out is zero: 0 + embedding is the embedding exactly
+                    out = _contiguous(embedding.cpu().numpy())
+                else:
+                    _accumulate(out, (slice(None), *spatial),
+                                embedding.cpu().numpy().astype(out.dtype, copy=False))
+                del embedding
+            del result, logits  # before the next batch's forward pass, not after it
             done += len(batch)
             if progress is not None and progress(done, total) is False:
                 raise PredictionCancelled(f"Prediction cancelled after {done}/{total} tiles.")
@@ -557,8 +641,15 @@ def frozen_network(
         tiles = [resample(tile, scaled_shape(tile.shape[1:], scale), channel_axis=0)
                  for tile in tiles]
     batch = np.stack(tiles)
+    del tiles
     network = _network_for_inference(model, device)
-    return freeze_group_norm(network, torch.from_numpy(batch).to(device), method=method)
+    # The calibration batch is as large as a whole-image pass: on the CPU run it lean too
+    # (same statistics to round-off). "live" records through module hooks: plain forward.
+    forward = None
+    if device.type == "cpu" and method == "sequential" and supports_lean_forward(network):
+        forward = lean_forward
+    return freeze_group_norm(network, torch.from_numpy(batch).to(device), method=method,
+                             forward=forward)
 
 
 def predict_from_checkpoint(path, image, *, device="auto", momentum=False, **kwargs):

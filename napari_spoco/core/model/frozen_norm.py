@@ -133,7 +133,7 @@ def _replace_group_norms(model: nn.Module) -> tuple[nn.Module, list[FrozenGroupN
 
 
 def freeze_group_norm(model: nn.Module, calibration: torch.Tensor, *,
-                      method: str = "sequential") -> nn.Module:
+                      method: str = "sequential", forward=None) -> nn.Module:
     """An eval-mode copy of ``model`` with every GroupNorm frozen to statistics of ``calibration``.
 
     Parameters
@@ -148,6 +148,10 @@ def freeze_group_norm(model: nn.Module, calibration: torch.Tensor, *,
         (one forward pass; exact). "live": every layer's statistics are pooled from a pass of the
         unmodified network, whose earlier layers normalise per tile (an approximation, kept for
         comparison).
+    forward : callable, optional
+        ``forward(network, calibration)`` for the sequential pass, e.g.
+        ``inference.lean_forward.lean_forward`` (same statistics in less memory); default
+        ``network(calibration)``.
 
     Returns
     -------
@@ -177,7 +181,10 @@ def freeze_group_norm(model: nn.Module, calibration: torch.Tensor, *,
         for module in frozen:
             module.calibrating = True
         with torch.no_grad():
-            network(calibration)
+            if forward is None:
+                network(calibration)
+            else:
+                forward(network, calibration)
     else:
         raise ValueError(f"method must be 'sequential' or 'live', got {method!r}")
     unreached = sum(not module.calibrated for module in frozen)
