@@ -8,13 +8,17 @@ Rows, each scored on the same held-out stem-like images with SBD, AP50 and adapt
 * source at the painted cells' scale: the same network at step 0 of an ``input_scale="auto"``
   run, i.e. on the grid the painted cells decide;
 * fine-tuned @p: ``Trainer(source=...)`` on the stem-like training image with a fraction p of
-  its cells painted (sparse SPOCO, lr and everything else from the defaults), once with the
-  default input scale (1: the images' own grid) and once with ``input_scale="auto"`` (painted
-  cells resampled to the source's cell size, ``run_defaults.default_input_scale``), at equal
-  steps and seeds.
+  its cells painted (sparse SPOCO, lr, consistency weight and everything else from the
+  defaults), for each ``--placements`` (scattered cells, or one group of neighbours);
+* ``--w-ucon 1``: the same runs with the paper's consistency weight, the default before
+  ``run_defaults.default_consistency_weight`` (10 when fine-tuning sparse labels);
+* ``--auto-scale``: the same runs with ``input_scale="auto"`` (painted cells resampled to the
+  source's cell size, ``run_defaults.default_input_scale``), and the source at step 0 of such
+  a run, at equal steps and seeds.
 
     nice -n 19 env OMP_NUM_THREADS=1 python benchmarks/transfer_defaults.py \\
-        --fractions 0.05 --seeds 0 1 2 --iterations 400 --json docs/results/transfer_defaults.json
+        --fractions 0.05 0.01 --placements random clustered --seeds 0 1 2 --iterations 200 \\
+        --w-ucon 1 --json docs/results/transfer_defaults.json
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from napari_spoco.core.evaluation.metrics import evaluate
 from napari_spoco.core.inference.prediction import predict_with_foreground
 from napari_spoco.core.inference.segmentation import segment_output, settings_for
 from napari_spoco.core.model.checkpoint import load_model
-from napari_spoco.core.training import Trainer, TrainingConfig
+from napari_spoco.core.training import LossSettings, Trainer, TrainingConfig
 from napari_spoco.models import resolve_checkpoint
 
 METRICS = ("sbd", "ap50", "adapted_rand_error", "n_seg", "n_gt")
@@ -53,13 +57,16 @@ def mean_scores(model_or_trainer, model, normalization, tests) -> dict:
     return {key: float(np.mean([s[key] for s in scores])) for key in METRICS}
 
 
-def fine_tune(target, fraction, seed, iterations, source, ndim, input_scale=None) -> tuple:
+def fine_tune(target, fraction, seed, iterations, source, ndim, input_scale=None,
+              placement="random", w_ucon=None) -> tuple:
+    """Fine-tune ``source`` on ``target`` with a fraction of its cells painted (defaults else)."""
     image, labels = target
-    sparse = sparse_target(labels, fraction, seed)
+    sparse = sparse_target(labels, fraction, seed, placement)
     patch = (128, 128) if ndim == 2 else (16, 64, 64)
     config = TrainingConfig(mode="sparse", iterations=iterations, patch_shape=patch,
                             batch_size=4 if ndim == 2 else 1, seed=seed, device="cpu",
-                            autosave_seconds=None, input_scale=input_scale)
+                            autosave_seconds=None, input_scale=input_scale,
+                            loss=LossSettings(w_ucon=w_ucon))
     trainer = Trainer([(image, sparse)], config, source=source)
     for _ in trainer.steps():
         pass
@@ -76,14 +83,23 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ndim", type=int, default=2, choices=(2, 3))
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.05])
+    parser.add_argument("--placements", nargs="+", default=["random"],
+                        choices=("random", "clustered"),
+                        help="clustered runs only for fractions that paint >= 5 cells")
+    parser.add_argument("--w-ucon", type=float, nargs="*", default=[],
+                        help="also run these consistency weights (e.g. 1, the paper's)")
+    parser.add_argument("--auto-scale", action="store_true",
+                        help="also run input_scale='auto' and the source at its grid")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--iterations", type=int, default=400)
+    parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true",
+                        help="transfer.py's small images (a smoke test, numbers mean nothing)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     source = resolve_checkpoint(f"ovules_{args.ndim}d")
-    _, target, tests = transfer_data(args.ndim)
+    _, target, tests = transfer_data(args.ndim, quick=args.quick)
     rows = []
 
     def record(row, scores, **extra):
@@ -95,30 +111,45 @@ def main(argv=None) -> list[dict]:
                                                  for k in METRICS})
     loaded = load_model(source)
     record("source only", mean_scores(loaded, loaded.model, loaded.normalization, tests))
+    variants = [("default", None, None)]
+    variants += [(f"w_ucon {w:g}", None, w) for w in args.w_ucon]
+    if args.auto_scale:
+        variants.append(("input scale auto", "auto", None))
+    labels_of_rows = []
     for fraction in args.fractions:
-        for seed in args.seeds:
-            # step 0 of fine-tuning: the source, on the grid the painted cells decide
-            trainer, painted = fine_tune(target, fraction, seed, 0, source, args.ndim, "auto")
-            record(f"source at the painted cells' scale @{fraction:g}",
-                   mean_scores(trainer, trainer.model, trainer.normalization, tests), seed=seed,
-                   painted=painted, input_scale=trainer.config.input_scale)
-            for name, scale in (("input scale 1 (default)", None), ("input scale auto", "auto")):
-                start = time.perf_counter()
-                trainer, painted = fine_tune(target, fraction, seed, args.iterations, source,
-                                             args.ndim, scale)
-                scores = mean_scores(trainer, trainer.model, trainer.normalization, tests)
-                record(f"fine-tuned @{fraction:g}, {name}", scores, seed=seed, painted=painted,
-                       input_scale=trainer.config.input_scale,
-                       seconds=round(time.perf_counter() - start, 1))
-    for fraction in args.fractions:
-        for label in (f"source at the painted cells' scale @{fraction:g}",
-                      f"fine-tuned @{fraction:g}, input scale 1 (default)",
-                      f"fine-tuned @{fraction:g}, input scale auto"):
-            chosen = [r for r in rows if r["row"] == label]
-            means = {k: float(np.mean([r[k] for r in chosen])) for k in METRICS}
-            sds = {k: float(np.std([r[k] for r in chosen])) for k in ("sbd", "ap50")}
-            print(line(f"{label} (mean of {len(chosen)})", means,
-                       f"sd SBD {sds['sbd']:.3f} AP50 {sds['ap50']:.3f}"))
+        painted_cells = max(1, round(fraction * int(target[1].max())))
+        for placement in args.placements:
+            if placement == "clustered" and painted_cells < 5:
+                continue  # a "group" of one to four cells says little about neighbours
+            setting = f"@{fraction:g} {placement}"
+            for seed in args.seeds:
+                if args.auto_scale:
+                    # step 0 of fine-tuning: the source, on the grid the painted cells decide
+                    trainer, painted = fine_tune(target, fraction, seed, 0, source, args.ndim,
+                                                 "auto", placement)
+                    record(f"source at the painted cells' scale {setting}",
+                           mean_scores(trainer, trainer.model, trainer.normalization, tests),
+                           seed=seed, painted=painted, input_scale=trainer.config.input_scale)
+                for name, scale, w_ucon in variants:
+                    start = time.perf_counter()
+                    trainer, painted = fine_tune(target, fraction, seed, args.iterations, source,
+                                                 args.ndim, scale, placement, w_ucon)
+                    scores = mean_scores(trainer, trainer.model, trainer.normalization, tests)
+                    record(f"fine-tuned {setting}, {name}", scores, seed=seed, painted=painted,
+                           input_scale=trainer.config.input_scale,
+                           w_ucon=trainer.config.loss.w_ucon,
+                           seconds=round(time.perf_counter() - start, 1))
+            labels_of_rows += [f"fine-tuned {setting}, {name}" for name, _, _ in variants]
+            if args.auto_scale:
+                labels_of_rows.append(f"source at the painted cells' scale {setting}")
+    for label in labels_of_rows:
+        chosen = [r for r in rows if r["row"] == label]
+        means = {k: float(np.mean([r[k] for r in chosen])) for k in METRICS}
+        sds = {k: float(np.std([r[k] for r in chosen]))
+               for k in ("sbd", "ap50", "adapted_rand_error")}
+        print(line(f"{label} (mean of {len(chosen)})", means,
+                   f"sd SBD {sds['sbd']:.3f} AP50 {sds['ap50']:.3f} "
+                   f"ARand {sds['adapted_rand_error']:.3f}"))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"args": vars(args), "rows": rows}, handle, indent=1)

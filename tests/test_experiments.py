@@ -83,3 +83,21 @@ def test_adversarial_ablation_runs_the_critic_in_3d(scripts, monkeypatch):
     results = ablation.main(["--quick", "--ndim", "3", "--threads", "1"])
     assert list(results) == ["SPOCO loss", "SPOCO loss + 0.1 WGAN-GP"]
     assert all(0.0 <= score <= 1.0 for score in _all_scores(results))
+
+
+def test_transfer_defaults_fine_tunes_with_the_decided_consistency_weight(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import transfer_defaults
+
+    rows = transfer_defaults.main(["--quick", "--fractions", "0.1", "0.01", "--placements",
+                                   "clustered", "--seeds", "0", "--iterations", "2",
+                                   "--w-ucon", "1"])
+    names = [row["row"] for row in rows]
+    # one painted cell (@1 %) is no group of neighbours: no clustered run for it
+    assert names == ["seeded watershed of the membranes", "source only",
+                     "fine-tuned @0.1 clustered, default", "fine-tuned @0.1 clustered, w_ucon 1"]
+    # the default run takes run_defaults' fine-tuning weight, the comparison row the paper's
+    assert [row["w_ucon"] for row in rows[2:]] == [10.0, 1.0]
+    assert rows[2]["painted"] == rows[3]["painted"] >= 5
+    assert all(0.0 <= row[key] <= 1.0 for row in rows for key in ("sbd", "ap50"))
+    assert "(mean of 1)" in capsys.readouterr().out

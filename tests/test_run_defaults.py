@@ -207,6 +207,41 @@ def test_cli_and_train_tab_build_the_same_run(qtbot, tmp_path, shape, device, so
                       source=source)
     assert trainer.config.anisotropic == cli.anisotropic
     assert trainer.config.patch_shape == cli.patch_shape and trainer.lr == pytest.approx(cli.lr)
+    # the consistency weight: the Train tab shows it, the command line leaves it to the trainer
+    expected_w_ucon = 10.0 if source is not None else 1.0
+    assert gui.loss.w_ucon == pytest.approx(expected_w_ucon)
+    assert trainer.config.loss.w_ucon == pytest.approx(gui.loss.w_ucon)
+    assert trainer.loss_fn.config["w_ucon"] == pytest.approx(expected_w_ucon)
+
+
+def test_consistency_weight_follows_the_source_and_the_mode_and_a_given_weight_wins(qtbot,
+                                                                                  tmp_path):
+    from napari_spoco.core.training import LossSettings
+    from napari_spoco.widgets.train_settings import TrainSettings
+
+    source = save_source(tmp_path / "source.pt", 2, lr=1e-3)
+    image = np.random.default_rng(0).random((48, 48), dtype=np.float32)
+    labels = np.zeros((48, 48), np.uint32)
+    labels[5:15, 5:15] = 1
+
+    def resolved(**changes):
+        config = TrainingConfig(features=(4, 8), num_groups=2, patch_shape=(32, 32),
+                                batch_size=1, iterations=0, device="cpu",
+                                autosave_seconds=None, **changes)
+        return Trainer([(image, labels)], config, source=source).config.loss.w_ucon
+
+    assert resolved() == rd.FINE_TUNE_CONSISTENCY_WEIGHT
+    assert resolved(mode="dense") == rd.DEFAULT_CONSISTENCY_WEIGHT
+    assert resolved(loss=LossSettings(w_ucon=2.5)) == 2.5  # given explicitly: kept
+    settings = TrainSettings()
+    qtbot.addWidget(settings)
+    assert settings.w_ucon_spin.value() == rd.DEFAULT_CONSISTENCY_WEIGHT
+    settings.add_model(source)
+    assert settings.w_ucon_spin.value() == rd.FINE_TUNE_CONSISTENCY_WEIGHT
+    settings.mode_combo.setCurrentText("dense")
+    assert settings.w_ucon_spin.value() == rd.DEFAULT_CONSISTENCY_WEIGHT
+    settings.mode_combo.setCurrentText("sparse")
+    assert settings.config(2, None, None).loss.w_ucon == rd.FINE_TUNE_CONSISTENCY_WEIGHT
 
 
 def test_cli_and_train_tab_match_the_source_object_size_alike(qtbot):

@@ -29,6 +29,7 @@ from napari_spoco.core.errors import SpocoInputError
 from napari_spoco.core.io import CHECKPOINT_SUFFIXES, check_output
 from napari_spoco.core.run_defaults import (
     default_anisotropic,
+    default_consistency_weight,
     default_learning_rate,
     resolve_run_settings,
     source_learning_rate,
@@ -189,8 +190,10 @@ class TrainSettings(QWidget):
                                   tip="Push margin δd")
         self.w_upush_spin = _spin(0.0, 100.0, loss.w_upush, decimals=2, step=0.1,
                                   tip="Weight of pushing unlabeled pixels from objects")
-        self.w_ucon_spin = _spin(0.0, 100.0, loss.w_ucon, decimals=2, step=0.1,
-                                 tip="Weight of the consistency term on unlabeled pixels")
+        self.w_ucon_spin = _spin(0.0, 100.0, default_consistency_weight(), decimals=2, step=0.1,
+                                 tip="Weight of the consistency term on unlabeled pixels "
+                                     "(1 from scratch, 10 when fine-tuning sparse labels: it "
+                                     "keeps the source's boundaries between unlabeled cells)")
         self.momentum_spin = _spin(0.0, 0.99999, 0.999, decimals=5, step=0.0005,
                                    tip="Momentum m of the network g")
         self.augment_check = QCheckBox("augment")
@@ -219,6 +222,7 @@ class TrainSettings(QWidget):
         layout.addWidget(self.advanced)
         fit_combos(self)  # long model file names must not widen the dock
         self.source_combo.currentIndexChanged.connect(self._on_source_chosen)
+        self.mode_combo.currentTextChanged.connect(lambda _: self._suggest_consistency_weight())
         self.device_combo.currentTextChanged.connect(lambda _: self.suggest_patch())
         self._remember_choices()
 
@@ -311,10 +315,16 @@ class TrainSettings(QWidget):
             return
         fine_tuning = self.source_path() is not None
         self.lr_spin.setValue(default_learning_rate(fine_tuning, self._source_lr()))
+        self._suggest_consistency_weight()
         self.features_edit.setEnabled(not fine_tuning)
         self.embedding_spin.setEnabled(not fine_tuning)
         self.anisotropic_spin.setEnabled(not fine_tuning)
         self.source_changed.emit()
+
+    def _suggest_consistency_weight(self) -> None:
+        """The u_con weight ``run_defaults`` decides for the chosen source and label mode."""
+        self.w_ucon_spin.setValue(default_consistency_weight(
+            self.source_path() is not None, self.mode_combo.currentText()))
 
     def _source_lr(self) -> float | None:
         """The learning rate the source model was trained with (None: unknown or unreadable).

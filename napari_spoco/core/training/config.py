@@ -17,6 +17,7 @@ from ..model.unet import LEGACY_ARCHITECTURE_DEFAULTS, architecture_config, comp
 from ..run_defaults import (  # noqa: F401 (DEFAULT_LR, FINE_TUNE_LR_DIVISOR: re-exported)
     DEFAULT_LR,
     FINE_TUNE_LR_DIVISOR,
+    default_consistency_weight,
     default_learning_rate,
     source_learning_rate,
 )
@@ -29,7 +30,9 @@ class LossSettings:
     """Parameters of :class:`~napari_spoco.core.loss.SpocoLoss` except the label conventions.
 
     The label conventions (``mode``, ``background_id``, ``ignore_id``) are shared with the data
-    and live in :class:`TrainingConfig`.
+    and live in :class:`TrainingConfig`. ``w_ucon`` None is decided when the run starts:
+    1 from scratch, 10 when fine-tuning on sparse labels
+    (``run_defaults.default_consistency_weight``, the rule of every front end).
     """
 
     delta_v: float = 0.5
@@ -40,7 +43,7 @@ class LossSettings:
     w_reg: float = 1e-3
     w_obj: float = 1.0
     w_upush: float = 1.0
-    w_ucon: float = 1.0
+    w_ucon: float | None = None
     max_anchors: int = 20
     anchor_stop_fraction: float = 0.05
     anchor_at_mean: bool = False
@@ -266,9 +269,13 @@ class TrainingConfig:
             setattr(self, key, tuple(value) if key == "features" else value)
 
     def loss_kwargs(self) -> dict:
-        """Keyword arguments of ``SpocoLoss``."""
+        """Keyword arguments of ``SpocoLoss`` (an undecided ``w_ucon``: that of a run from
+        scratch, which is what a config no trainer resolved describes)."""
+        loss = dataclasses.asdict(self.loss)
+        if loss["w_ucon"] is None:
+            loss["w_ucon"] = default_consistency_weight(fine_tuning=False)
         return dict(
-            dataclasses.asdict(self.loss),
+            loss,
             mode=self.mode,
             background_id=self.background_id,
             ignore_id=self.ignore_id,
@@ -355,6 +362,9 @@ def adopt_source(config: TrainingConfig, checkpoint: dict, path: str) -> Trainin
                                           source_lr=source_learning_rate(checkpoint))
     if config.reduce_lr_on_plateau is None:
         config.reduce_lr_on_plateau = False
+    if config.loss.w_ucon is None:
+        config.loss = dataclasses.replace(
+            config.loss, w_ucon=default_consistency_weight(fine_tuning=True, mode=config.mode))
     return config
 
 
@@ -373,6 +383,8 @@ def resolve_defaults(config: TrainingConfig) -> TrainingConfig:
         config.lr = default_learning_rate(fine_tuning=False)
     if config.reduce_lr_on_plateau is None:
         config.reduce_lr_on_plateau = True
+    if config.loss.w_ucon is None:
+        config.loss = dataclasses.replace(config.loss, w_ucon=default_consistency_weight())
     config.validate()
     return config
 
