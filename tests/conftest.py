@@ -67,3 +67,15 @@ def spoco(request, tmp_path):
     widget.shutdown()
     widget.segment.worker is None or qtbot.waitUntil(lambda: widget.segment.worker is None,
                                                      timeout=60_000)
+
+
+@pytest.fixture(params=["kept", "recomputed"])
+def block_mode(request, monkeypatch):
+    """Run a loss-kernel test with derivatives kept from the forward pass, and recomputed in
+    small blocks (tests/test_loss_kernels.py, tests/test_loss_shared_rows.py)."""
+    if request.param == "recomputed":
+        from napari_spoco.core.loss import kernels as loss_kernels
+
+        monkeypatch.setattr(loss_kernels, "_KEEP_ELEMENTS", 0)
+        monkeypatch.setattr(loss_kernels, "_BLOCK_ELEMENTS", 16)
+    return request.param

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from napari_spoco.core.loss import kernels as loss_kernels
 from napari_spoco.core.loss import terms as loss_terms
 from napari_spoco.core.loss.kernels import radial_sum
 from napari_spoco.core.loss.terms import (
@@ -22,15 +21,6 @@ SIGMA_SQ = -0.25 / (2 * math.log(0.9))  # defaults delta_v = 0.5, t = 0.9
 
 def seeded(seed=0):
     return torch.Generator().manual_seed(seed)
-
-
-@pytest.fixture(params=["kept", "recomputed"])
-def block_mode(request, monkeypatch):
-    """Run a test with derivatives kept from the forward pass, and recomputed in small blocks."""
-    if request.param == "recomputed":
-        monkeypatch.setattr(loss_kernels, "_KEEP_ELEMENTS", 0)
-        monkeypatch.setattr(loss_kernels, "_BLOCK_ELEMENTS", 16)
-    return request.param
 
 
 def test_consistency_term_gradient(block_mode):

@@ -9,22 +9,11 @@ never become a change of the loss.
 import pytest
 import torch
 
-from napari_spoco.core.loss import kernels as loss_kernels
+# the kernel tests' seeding; their block_mode fixture lives in conftest.py
+from test_loss_kernels import seeded
+
 from napari_spoco.core.loss.kernels import augment_points, kernel_dice, radial_sum
 from napari_spoco.core.loss.terms import draw_consistency_anchors, push_term, safe_norm
-
-
-def seeded(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-@pytest.fixture(params=["kept", "recomputed"])
-def block_mode(request, monkeypatch):
-    """Derivatives kept from the forward pass, and recomputed in blocks of a few rows."""
-    if request.param == "recomputed":
-        monkeypatch.setattr(loss_kernels, "_KEEP_ELEMENTS", 0)
-        monkeypatch.setattr(loss_kernels, "_BLOCK_ELEMENTS", 64)
-    return request.param
 
 
 def test_rows_of_a_subset_are_the_subsets_rows():
