@@ -64,32 +64,52 @@ the patch border) is an object and no pixel is unlabeled; the loss runs in `mode
 (for consistency clustering), the normalisation and the training settings, but no optimizer,
 schedule or RNG state (they would triple the file and only serve resuming).
 
-They are trained on a 2-core CPU shared with other jobs, so they are small and briefly trained:
-they demonstrate the pipeline and serve as a source for fine-tuning, they are not the paper's
+They are trained on a 2-core CPU shared with other jobs, so they are small networks: they
+demonstrate the pipeline and serve as a source for fine-tuning, they are not the paper's
 models. `python benchmarks/train_source_models.py NAME` reproduces a model, its metrics, loss
 curve and this page (wall times vary with the machine's load; same seed and data give the same
 weights on the CPU up to thread scheduling of floating-point sums).
 
-**Validation.** Held-out images of the same preset, generated with seeds that training never
-uses, are segmented by mutex watershed on the embeddings (`segment(emb, "mws")`, default
-offsets; `anisotropic=True` in 3D) with the shipped f and, as the baseline, with an untrained
-network of the same architecture (initialised with `torch.manual_seed(12345)`) and the same
-normalisation. Metrics from `core.metrics.evaluate`, averaged over the held-out images: adapted
-Rand error (ARE, lower is better), SBD, AP at IoU 0.5, VOI split/merge (lower is better), number
-of segments vs ground-truth cells.
+**When training stops.** At a plateau of the validation metric, not after a fixed number of
+steps: every `validate_every` steps the network segments the held-out images (below) with the
+plugin's default segmentation, and the network with the best mean SBD so far is the one that
+ships. Training ends once `patience` validations in a row did not beat it by 0.005, or at the
+recipe's cap. `ovules_2d` is trained this way (since 2026-12-03). `ovules_3d` predates the rule:
+it was trained for a fixed 1600 steps (400, then `--resume --iterations 1600`; about 0.6 s per
+step on an idle 2-core CPU) and its loss was still falling. With plain mutex watershed it
+gave about twice as many segments as cells (1070 for 512); the default segmentation, which
+validation uses since 2026-12-03, gives 445 for 512, but ARE stays 0.57 and SBD 0.48. It is a
+fine-tuning source and a demonstration rather than a finished 3D model; retraining it to its
+plateau needs hours of this CPU, or a GPU.
 
-**Status.** `ovules_2d` segments held-out ovules-like slices reasonably (ARE ≈ 0.3).
-`ovules_3d` was trained for 1600 steps (400 steps first, then resumed with `--resume
---iterations 1600`; about 0.6 s per step on an idle 2-core CPU): ARE 0.57 against 0.98 for an
-untrained network. Its loss was still falling, and it over-segments (about twice as many segments
-as cells), so it is a fine-tuning source and a demonstration rather than a finished 3D model.
-Train it longer with `--iterations N` (the plateau schedule does not depend on the total, so a
-longer run starts identically), ideally on a GPU.
+**Validation.** Held-out images of the same preset, generated with seeds that training never
+uses, are segmented with the plugin's default segmentation (`settings_for` + `segment_output`,
+what `napari-spoco segment` runs: mutex watershed with the settings decided from the training
+labels; `anisotropic=True` in 3D) with the shipped f and, as the baseline, with an untrained
+network of the same architecture (initialised with `torch.manual_seed(12345)`) and the same
+normalisation and settings. Metrics from `core.metrics.evaluate`, averaged over the held-out
+images: adapted Rand error (ARE, lower is better), SBD, AP at IoU 0.5, VOI split/merge (lower
+is better), number of segments vs ground-truth cells.
 
 Deviations from the paper's training settings (lr 1e-3 instead of 2e-4, momentum m = 0.99
 instead of 0.999, a plateau patience of 150 steps, small U-Nets and patches) are explained in
 `docs/method.md`, section "Shipped source models".
 """
+
+
+def stopping_line(summary: dict) -> str:
+    """How the run ended: at a validation plateau (with its curve), or after a fixed count."""
+    curve = summary.get("validation_curve")
+    if not curve:
+        return "- **Stopping:** a fixed number of steps (before the validation-plateau rule).\n"
+    best = max(curve, key=lambda row: row["sbd"])
+    points = ", ".join(f"{row['iteration']:.0f}: {row['sbd']:.3f}" for row in curve)
+    return (f"- **Stopping:** validation every {summary['validate_every']} steps; training "
+            f"ended after {summary['trained_iterations']} steps (at the validation plateau, or "
+            "when the loss-plateau schedule took the lr below its minimum, whichever came "
+            f"first), and the best validation (SBD "
+            f"{best['sbd']:.3f} at step {best['iteration']:.0f}) ships. Mean validation SBD "
+            f"by step: {points} ([CSV](models/{summary['name']}_validation.csv)).\n")
 
 
 def docs_section(summary: dict) -> str:
@@ -114,14 +134,14 @@ def docs_section(summary: dict) -> str:
 - **Network:** U-Net {c["ndim"]}D, features {tuple(c["features"])}, group norm,
   anisotropic levels {c["anisotropic_levels"]}, {c["out_channels"]}-d embeddings,
   {summary["parameters"]:,} parameters; file {summary["file_bytes"] / 1e6:.1f} MB (f and g).
-- **Training:** {summary["iterations"]} iterations, Adam lr {c["lr"]:g}, weight decay
+- **Training:** shipped after {summary["iterations"]} iterations, Adam lr {c["lr"]:g}, weight decay
   {c["weight_decay"]:g}, momentum m = {c["momentum"]}, seed {c["seed"]};
   loss δv = {c["loss"]["delta_v"]}, δd = {c["loss"]["delta_d"]}.
   Wall time {summary["train_wall_seconds"] / 60:.1f} min on the 2-core CPU
   ({summary["torch_threads"]} torch thread(s), machine shared with other jobs).
 - **Loss:** mean of the first 50 steps {summary["loss_first_50_mean"]:.2f} → last 50 steps
   {summary["loss_last_50_mean"]:.2f} ([CSV](models/{name}_loss.csv)).
-
+{stopping_line(summary)}
 ![{name} loss](models/{name}_loss.png)
 
 Validation on {len(summary["validation"]["val_seeds"])} held-out images {val_shape}, seeds

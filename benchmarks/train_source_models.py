@@ -10,7 +10,14 @@ densely (every cell of the tissue is an object) through the ordinary ``Trainer``
 ``--save-every`` steps the script writes the shipped checkpoint (weights of f and g,
 normalisation and settings, no optimizer state) and the loss curve, so a run that is cut short
 still leaves a usable model; ``--resume`` continues it from the full training state kept in
-``--work-dir``. At the end it segments held-out volumes of the same preset with the trained
+``--work-dir``.
+
+**Stopping: a plateau of the validation metric, not a step count.** Every
+``recipe.validate_every`` steps the current network segments the held-out images with the
+plugin's default segmentation (``settings_for`` + ``segment_output``). The best network so far
+(highest mean SBD) is what ships; training stops once ``recipe.patience`` validations in a row
+did not beat it by ``MIN_IMPROVEMENT``, or at the recipe's ``iterations`` cap. At the end it
+segments held-out volumes of the same preset with the trained
 network and with an untrained one of the same architecture (mutex watershed, default
 parameters) and writes the metrics, the loss curve (CSV + PNG) and the run's figures to
 ``docs/models/``, and the model's entry to ``napari_spoco/models/models.json``.
@@ -31,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_spoco.core.clustering import segment
 from napari_spoco.core.evaluation.metrics import evaluate
-from napari_spoco.core.inference.prediction import predict_embeddings
+from napari_spoco.core.inference.prediction import predict_with_foreground
+from napari_spoco.core.inference.segmentation import segment_output, settings_for
 from napari_spoco.core.model.checkpoint import load_model, save_checkpoint
 from napari_spoco.core.model.unet import UNet
 from napari_spoco.core.synthetic import make_tissue
@@ -48,8 +55,11 @@ DOCS_DIR = ROOT / "docs" / "models"
 #: Keys of a Trainer checkpoint a shipped model keeps; the rest only serves resuming.
 RELEASE_KEYS = ("architecture", "model_state", "momentum_state", "normalization", "config",
                 "loss", "iteration")
+#: SBD a validation must beat the best one by to count as progress
+MIN_IMPROVEMENT = 0.005
 CURVE_COLUMNS = ("iteration", "loss", "smoothed_loss", "lr", "seconds", "elapsed",
                  "pull", "push", "reg", "obj", "u_push", "u_con")
+VALIDATION_COLUMNS = ("iteration", "sbd", "ap50", "adapted_rand_error", "n_seg", "n_gt", "best")
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,9 @@ class Recipe:
     val_shape: tuple[int, ...]
     val_seeds: tuple[int, ...]
     config: dict = field(default_factory=dict)
+    #: steps between two validations, and validations without improvement before stopping
+    validate_every: int = 250
+    patience: int = 4
 
 
 RECIPES = {
@@ -92,7 +105,7 @@ RECIPES = {
         val_seeds=(1001, 1002, 1003),
         config=dict(
             mode="dense", features=(16, 32, 64, 128), patch_shape=(128, 128), batch_size=4,
-            iterations=1000, lr=1e-3, momentum=0.99, lr_patience=150, seed=0,
+            iterations=8000, lr=1e-3, momentum=0.99, lr_patience=150, seed=0,
         ),
     ),
 }
@@ -110,10 +123,57 @@ def write_release(trainer: Trainer, path: Path) -> None:
     os.chmod(path, 0o644)
 
 
-def segment_image(model: torch.nn.Module, normalization, image: np.ndarray) -> np.ndarray:
-    """Mutex-watershed segmentation with the defaults the plugin uses."""
-    embeddings = predict_embeddings(model, image, normalization, device="cpu")
-    return segment(embeddings, "mws", anisotropic=image.ndim == 3)
+def segment_image(model: torch.nn.Module, normalization, image: np.ndarray,
+                  settings) -> np.ndarray:
+    """The plugin's default segmentation (``settings`` from ``settings_for``) of one image."""
+    embeddings, foreground = predict_with_foreground(model, image, normalization, device="cpu")
+    return segment_output(embeddings, foreground, settings)
+
+
+def validation_images(recipe: Recipe) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The held-out images of the recipe's preset (seeds that training never uses)."""
+    return [make_tissue(recipe.val_shape, preset=recipe.preset, seed=s)
+            for s in recipe.val_seeds]
+
+
+def validation_scores(trainer_or_loaded, images) -> dict:
+    """Mean SBD, AP50 and adapted Rand error of the default segmentation of ``images``."""
+    settings = settings_for(trainer_or_loaded)
+    rows = [evaluate(truth, segment_image(trainer_or_loaded.model,
+                                          trainer_or_loaded.normalization, image, settings))
+            for image, truth in images]
+    return {key: float(np.mean([row[key] for row in rows]))
+            for key in ("sbd", "ap50", "adapted_rand_error", "n_seg", "n_gt")}
+
+
+class Plateau:
+    """Best validation SBD so far, and whether ``patience`` checks in a row failed to beat it.
+
+    Examples
+    --------
+    >>> plateau = Plateau(patience=2, min_improvement=0.01)
+    >>> [plateau.update(s) for s in (0.5, 0.7, 0.705, 0.69)], plateau.done, plateau.best
+    ([True, True, False, False], True, 0.7)
+    """
+
+    def __init__(self, patience: int, min_improvement: float | None = None, best=None,
+                 misses: int = 0):
+        self.patience = int(patience)
+        self.min_improvement = float(MIN_IMPROVEMENT if min_improvement is None
+                                     else min_improvement)
+        self.best, self.misses = best, int(misses)
+
+    def update(self, score: float) -> bool:
+        """Record one validation; True when it is the new best."""
+        if self.best is None or score > self.best + self.min_improvement:
+            self.best, self.misses = float(score), 0
+            return True
+        self.misses += 1
+        return False
+
+    @property
+    def done(self) -> bool:
+        return self.misses >= self.patience
 
 
 def validate(checkpoint: Path, recipe: Recipe, random_seed: int = 12345) -> dict:
@@ -122,12 +182,12 @@ def validate(checkpoint: Path, recipe: Recipe, random_seed: int = 12345) -> dict
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(random_seed)
         untrained = UNet.from_config(loaded.architecture).eval()
+    settings = settings_for(loaded)
     results = {"trained": [], "random": []}
-    for seed in recipe.val_seeds:
-        image, labels = make_tissue(recipe.val_shape, preset=recipe.preset, seed=seed)
+    for seed, (image, labels) in zip(recipe.val_seeds, validation_images(recipe)):
         for key, network in (("trained", loaded.model), ("random", untrained)):
-            metrics = evaluate(labels, segment_image(network, loaded.normalization, image))
-            results[key].append({"seed": seed, **metrics})
+            segmentation = segment_image(network, loaded.normalization, image, settings)
+            results[key].append({"seed": seed, **evaluate(labels, segmentation)})
     summary = {
         key: {metric: float(np.mean([row[metric] for row in rows]))
               for metric in rows[0] if metric != "seed"}
@@ -146,12 +206,12 @@ def read_curve(path: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
-def write_curve(path: Path, rows: list[dict]) -> None:
+def write_curve(path: Path, rows: list[dict], columns=CURVE_COLUMNS) -> None:
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CURVE_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({k: f"{row[k]:.6g}" for k in CURVE_COLUMNS} for row in rows)
+        writer.writerows({k: f"{row[k]:.6g}" for k in columns} for row in rows)
     os.replace(tmp, path)
 
 
@@ -210,26 +270,55 @@ def train(recipe: Recipe, args) -> Path:
         rows = []
     offset = rows[-1]["elapsed"] if rows else 0.0
     params = sum(p.numel() for p in trainer.model.parameters())
-    print(f"{recipe.name}: {params} parameters, {trainer.config.iterations} iterations, "
-          f"patch {trainer.config.patch_shape}, batch {trainer.config.batch_size}")
+    print(f"{recipe.name}: {params} parameters, at most {trainer.config.iterations} "
+          f"iterations, patch {trainer.config.patch_shape}, batch {trainer.config.batch_size}; "
+          f"validation every {recipe.validate_every} steps, patience {recipe.patience}")
+    val_path = Path(args.docs_dir) / f"{recipe.name}_validation.csv"
+    checks = [r for r in read_curve(val_path) if r["iteration"] <= trainer.iteration]
+    plateau = Plateau(recipe.patience)
+    for check in checks:
+        plateau.update(check["sbd"])
+    images = validation_images(recipe)
     train_start = time.perf_counter()
     for report in trainer.steps():
         rows.append({"iteration": report.iteration, "loss": report.loss,
                      "smoothed_loss": report.smoothed_loss, "lr": report.lr,
                      "seconds": report.seconds_per_step,
                      "elapsed": offset + time.perf_counter() - train_start, **report.terms})
-        if report.iteration % args.save_every == 0 or report.iteration == iterations:
-            write_release(trainer, out_path)
+        if report.iteration % args.save_every == 0:
             write_curve(curve_path, rows)
         if report.iteration % 10 == 0:
             print(f"{report.iteration:5d} loss {report.loss:7.3f} smoothed "
                   f"{report.smoothed_loss:7.3f} lr {report.lr:.1e} "
                   f"{report.seconds_per_step:.2f} s/step", flush=True)
-    write_release(trainer, out_path)
+        if report.iteration % recipe.validate_every == 0:
+            scores = validation_scores(trainer, images)
+            best = plateau.update(scores["sbd"])
+            if best:
+                write_release(trainer, out_path)
+            checks.append({"iteration": report.iteration, **scores, "best": float(best)})
+            write_curve(val_path, checks, VALIDATION_COLUMNS)
+            print(f"validation at {report.iteration}: SBD {scores['sbd']:.3f} AP50 "
+                  f"{scores['ap50']:.3f} ARand {scores['adapted_rand_error']:.3f} segments "
+                  f"{scores['n_seg']:.0f}/{scores['n_gt']:.0f}"
+                  f"{'  (best, shipped)' if best else f'  (no gain {plateau.misses})'}",
+                  flush=True)
+            if plateau.done:
+                trainer.stop()
     write_curve(curve_path, rows)
-    print(f"stopped: {trainer.stop_reason} at {trainer.iteration}; wrote {out_path} "
-          f"({out_path.stat().st_size / 1e6:.2f} MB)")
+    if not out_path.exists() or not checks:  # cut before the first validation
+        write_release(trainer, out_path)
+    reason = "validation plateau" if plateau.done else trainer.stop_reason
+    print(f"stopped: {reason} at {trainer.iteration}; shipped the best validation "
+          f"(SBD {plateau.best}) in {out_path} ({out_path.stat().st_size / 1e6:.2f} MB)")
     return out_path
+
+
+def training_threads(metrics_path: Path, args) -> int:
+    """Torch threads of the training run: this run's, or the recorded ones for --validate-only."""
+    if args.validate_only and metrics_path.exists():
+        return int(json.loads(metrics_path.read_text()).get("torch_threads", args.threads))
+    return torch.get_num_threads()
 
 
 def report(recipe: Recipe, args, out_path: Path) -> None:
@@ -249,12 +338,16 @@ def report(recipe: Recipe, args, out_path: Path) -> None:
         "train_seeds": list(recipe.train_seeds),
         "config": load_model(out_path, "cpu").config,
         "parameters": sum(p.numel() for p in load_model(out_path, "cpu").model.parameters()),
-        "iterations": int(rows[-1]["iteration"]),
+        "iterations": int(load_model(out_path, "cpu").iteration),
+        "trained_iterations": int(rows[-1]["iteration"]),
+        "validation_curve": read_curve(docs / f"{recipe.name}_validation.csv"),
+        "validate_every": recipe.validate_every,
+        "patience": recipe.patience,
         "train_wall_seconds": round(rows[-1]["elapsed"], 1),
         "loss_first_50_mean": float(np.mean([r["loss"] for r in head])),
         "loss_last_50_mean": float(np.mean([r["loss"] for r in tail])),
         "file_bytes": out_path.stat().st_size,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": training_threads(docs / f"{recipe.name}_metrics.json", args),
         "validation_seconds": round(time.perf_counter() - start, 1),
         "validation": validation,
     }

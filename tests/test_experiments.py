@@ -8,7 +8,6 @@ clustering, metrics, table), not the numbers: ``docs/results.md`` holds the full
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -85,19 +84,60 @@ def test_adversarial_ablation_runs_the_critic_in_3d(scripts, monkeypatch):
     assert all(0.0 <= score <= 1.0 for score in _all_scores(results))
 
 
-def test_transfer_defaults_fine_tunes_with_the_decided_consistency_weight(monkeypatch, capsys):
+def test_transfer_defaults_fine_tunes_with_the_decided_consistency_weight(monkeypatch, capsys,
+                                                                           tmp_path):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import transfer_defaults
 
+    target = str(tmp_path / "target.pt")
     rows = transfer_defaults.main(["--quick", "--fractions", "0.1", "0.01", "--placements",
                                    "clustered", "--seeds", "0", "--iterations", "2",
-                                   "--w-ucon", "1"])
+                                   "--w-ucon", "1", "--target-iterations", "2",
+                                   "--target-checkpoint", target])
+    # a second run scores the saved target-only model instead of training it again
+    again = transfer_defaults.main(["--quick", "--fractions", "0.01", "--seeds", "0",
+                                    "--iterations", "0", "--target-iterations", "2",
+                                    "--target-checkpoint", target])
+    assert not rows[2]["reused"] and again[2]["reused"]
+    keys = ("sbd", "ap50", "adapted_rand_error", "steps")
+    assert {k: again[2][k] for k in keys} == {k: rows[2][k] for k in keys}
     names = [row["row"] for row in rows]
     # one painted cell (@1 %) is no group of neighbours: no clustered run for it
-    assert names == ["seeded watershed of the membranes", "source only",
+    assert names == ["seeded watershed of the membranes", "source only", "target only",
                      "fine-tuned @0.1 clustered, default", "fine-tuned @0.1 clustered, w_ucon 1"]
+    assert rows[2]["steps"] == 2
+    rows = [rows[0], rows[1], *rows[3:]]
     # the default run takes run_defaults' fine-tuning weight, the comparison row the paper's
     assert [row["w_ucon"] for row in rows[2:]] == [10.0, 1.0]
     assert rows[2]["painted"] == rows[3]["painted"] >= 5
     assert all(0.0 <= row[key] <= 1.0 for row in rows for key in ("sbd", "ap50"))
     assert "(mean of 1)" in capsys.readouterr().out
+
+
+def test_source_training_stops_at_the_validation_plateau_and_ships_the_best(monkeypatch,
+                                                                            tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import train_source_models as sources
+
+    from napari_spoco.core.model.checkpoint import load_model
+
+    tiny = sources.Recipe(
+        name="tiny_2d", description="test", preset="ovules", train_shape=(96, 96),
+        train_seeds=(1,), val_shape=(64, 64), val_seeds=(1001,), validate_every=2, patience=2,
+        config={"mode": "dense", "features": (8, 16), "patch_shape": (32, 32), "batch_size": 1,
+                "iterations": 40, "lr": 1e-3, "seed": 0},
+    )
+    monkeypatch.setitem(sources.RECIPES, "tiny_2d", tiny)
+    # no later validation can beat the first by more than an SBD of 2: it stays the best
+    monkeypatch.setattr(sources, "MIN_IMPROVEMENT", 2.0)
+    dirs = ["--out-dir", str(tmp_path / "models"), "--docs-dir", str(tmp_path / "docs"),
+            "--work-dir", str(tmp_path / "work"), "--threads", "1"]
+    (tmp_path / "models").mkdir()
+    assert sources.main(["tiny_2d", *dirs]) == 0
+    checks = sources.read_curve(tmp_path / "docs" / "tiny_2d_validation.csv")
+    # validations at 2, 4, 6; the two after the first did not improve: stop at 6, not at 40
+    assert [c["iteration"] for c in checks] == [2, 4, 6]
+    assert [c["best"] for c in checks] == [1, 0, 0]
+    assert all(0.0 <= c["sbd"] <= 1.0 for c in checks)
+    assert load_model(tmp_path / "models" / "tiny_2d.pt", "cpu").iteration == 2
+    assert sources.read_curve(tmp_path / "docs" / "tiny_2d_loss.csv")[-1]["iteration"] == 6

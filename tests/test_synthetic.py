@@ -71,8 +71,9 @@ def test_membranes_lie_exactly_on_label_boundaries(tissue_2d, tissue_3d, dims, p
     image, labels = (tissue_2d if dims == 2 else tissue_3d)[preset]
     contrast = _boundary_contrast(image, labels)
     assert contrast > 0.1
-    # ground truth moved by 4 px in x no longer matches the walls: the contrast collapses
-    shifted = np.roll(labels, 4, axis=-1)
+    # ground truth moved by 6 px in x (wider than a blurred wall, also an oblique 3D one) no
+    # longer matches the walls: the contrast collapses
+    shifted = np.roll(labels, 6, axis=-1)
     assert _boundary_contrast(image, shifted) < 0.5 * contrast
 
 
@@ -120,16 +121,19 @@ def test_ovule_cells_are_more_irregular_and_elongated_than_stem(tissue_2d):
     assert elongation["ovules"] > elongation["stem"] + 0.15
 
 
-def test_ovules_are_noisier_and_lower_contrast_than_stem():
-    noise, contrast = {}, {}
+def test_stem_target_is_noisier_with_lower_wall_contrast_than_ovules():
+    # The transfer target is the harder image (issue 9): fewer photons and dim, patchy walls
+    # over a cytoplasm signal, so its walls stand out less from the noise than the source's.
+    noise, cnr = {}, {}
     for preset in TISSUE_PRESETS:
         noisy, labels = make_tissue(SHAPE_2D, preset=preset, seed=5)
         clean, clean_labels = make_tissue(SHAPE_2D, preset=preset, seed=5, **NOISE_FREE)
         np.testing.assert_array_equal(labels, clean_labels)
         noise[preset] = (noisy - clean).std()
-        contrast[preset] = _boundary_contrast(clean, labels)
-    assert noise["ovules"] > 1.3 * noise["stem"]
-    assert contrast["stem"] > 1.3 * contrast["ovules"]
+        far = ndi.distance_transform_edt(~find_boundaries(labels, mode="thick")) > 3
+        cnr[preset] = _boundary_contrast(clean, labels) / noisy[far].std()
+    assert noise["stem"] > 1.15 * noise["ovules"]
+    assert cnr["ovules"] > 1.2 * cnr["stem"]
 
 
 def test_tissue_is_deterministic_by_seed():

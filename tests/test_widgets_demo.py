@@ -44,3 +44,32 @@ def test_demo_is_headless_without_a_display(monkeypatch):
     assert not has_display()
     monkeypatch.setenv("DISPLAY", ":99")
     assert has_display()
+
+
+def test_napari_demo_paints_the_fraction_it_is_given(request, monkeypatch, tmp_path):
+    # the sample menu paints its own 10 %; the demo in napari paints --fraction, as headless
+    napari = pytest.importorskip("napari")
+    pytest.importorskip("pytestqt")
+    import argparse
+
+    from napari_spoco.cli.demo import add_parser, run_napari
+    from napari_spoco.datasets import sample_dataset
+
+    make_napari_viewer = request.getfixturevalue("make_napari_viewer")
+    viewers = []
+    def viewer(**kwargs):
+        viewers.append(make_napari_viewer(**kwargs))
+        return viewers[-1]
+
+    monkeypatch.setattr(napari, "Viewer", viewer)
+    monkeypatch.setattr(napari, "run", lambda: None)
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["demo", "--sample", "nuclei_2d", "--fraction", "0.2",
+                              "--iterations", "3", "--out", str(tmp_path)])
+    assert run_napari(args) == 0
+    painted = [layer for layer in viewers[0].layers if isinstance(layer, napari.layers.Labels)]
+    expected = sample_dataset("nuclei_2d", fraction=0.2, seed=0)["partial_labels"]
+    np.testing.assert_array_equal(painted[0].data, expected)
+    default = sample_dataset("nuclei_2d", fraction=0.1, seed=0)["partial_labels"]
+    assert len(np.unique(expected)) > len(np.unique(default))
