@@ -53,6 +53,8 @@ class AffinityHead(torch.nn.Module):
         # the grid the network works on; the affinity maps are resampled back like embeddings
         # (their offsets stay those of the network's grid: an approximation at scale ≠ 1)
         self.input_scale = getattr(model, "input_scale", None) or 1.0
+        # group norm's statistics from the same tiles as the embeddings'
+        self.statistics_tile = getattr(model, "statistics_tile", None)
         self.foreground = False
 
     def forward(self, x):

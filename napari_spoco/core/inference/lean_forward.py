@@ -359,5 +359,29 @@ def limit_heap_retention(threshold: int = 4 * 2 ** 20) -> bool:
         return False
 
 
+def release_free_heap() -> bool:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim``).
+
+    Called after the group-norm calibration pass: the small buffers it freed stay in the heap,
+    fragmented, and the prediction pass that follows would add its own peak on top of them
+    (about 20 MB for an 8 MiB image). Harmless to other code: only memory already freed is
+    returned.
+
+    Returns
+    -------
+    bool
+        Whether anything was released (False off glibc).
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 __all__ = ["SLAB_ELEMENTS", "lean_embeddings", "lean_forward", "limit_heap_retention",
-           "supports_lean_forward"]
+           "release_free_heap", "supports_lean_forward"]

@@ -31,7 +31,12 @@ from ..model.frozen_norm import (
 from ..model.input_scale import input_scale_of, resample, scaled_shape
 from ..training.distributed import amp_dtype, autocast
 from ..validation import check_image_dtype
-from .lean_forward import lean_embeddings, lean_forward, supports_lean_forward
+from .lean_forward import (
+    lean_embeddings,
+    lean_forward,
+    release_free_heap,
+    supports_lean_forward,
+)
 from .tiling import TileLayout, _per_axis, plan_tiles, window
 
 #: Tile and overlap for a network that does not state its receptive field, and the shape of
@@ -82,10 +87,11 @@ def default_tiling(network, spatial_shape) -> tuple[tuple[int, ...], ...]:
 
     The margin is the network's context (:func:`network_context`), so tiles are exact; the
     overlap adds a short ramp (half the context) between the two margins. The tile is the whole
-    image when it has at most :data:`TILE_VOXELS` voxels. Larger images get tiles of about that
-    size whose axes are proportional to the overlap (so every axis recomputes the same fraction),
-    never shorter than three overlaps (which can exceed the budget for a deep 3D network),
-    clipped to the image.
+    image when it has at most :data:`TILE_VOXELS` voxels. Larger images get the tiles of at most
+    that size that recompute the fewest voxels: every split of the axes into tile counts is
+    tried (tiles never shorter than three overlaps, which a deep 3D network can make exceed the
+    budget), each with the shortest tile that covers its axis, and the split whose tiles cover
+    the fewest voxels in all wins (2048² in 2D: three tiles of 768 × 2048, 1.13× the image).
 
     Parameters
     ----------
@@ -105,8 +111,8 @@ def default_tiling(network, spatial_shape) -> tuple[tuple[int, ...], ...]:
     >>> network = UNet(1, 4, 2, features=(16, 32, 64, 128))
     >>> default_tiling(network, (512, 512))  # one pass
     ((512, 512), (120, 120), (48, 48))
-    >>> default_tiling(network, (4096, 4096))[0]
-    (1448, 1448)
+    >>> default_tiling(network, (2048, 2048))[0]
+    (768, 2048)
     """
     shape = tuple(int(s) for s in spatial_shape)
     ndim = len(shape)
@@ -121,21 +127,69 @@ def default_tiling(network, spatial_shape) -> tuple[tuple[int, ...], ...]:
     if int(np.prod(shape)) <= TILE_VOXELS:
         return shape, overlap, margin
     shortest = tuple(min(s, -(-3 * o // m) * m) for s, o, m in zip(shape, overlap, multiple))
+    per_axis = [_axis_tiles(s, o, m, low) for s, o, m, low in zip(shape, overlap, multiple,
+                                                                    shortest)]
+    best = None
+    for split in itertools.product(*per_axis):  # (tile, covered length) per axis
+        tile = tuple(t for t, _ in split)
+        voxels = int(np.prod(tile, dtype=np.int64))
+        fits = voxels <= TILE_VOXELS or tile == shortest
+        covered = int(np.prod([c for _, c in split], dtype=np.int64))
+        key = (not fits, covered if fits else voxels)
+        if best is None or key < best[0]:
+            best = (key, tile)
+    return best[1], overlap, margin
 
-    def tile_for(scale: float) -> tuple[int, ...]:
-        return tuple(min(s, max(low, int(scale * o))) for s, low, o in zip(shape, shortest,
-                                                                           overlap))
 
-    low, high = 0.0, float(max(shape))  # bisection on the scale of the tile / overlap ratio
-    for _ in range(60):
-        middle = (low + high) / 2
-        if np.prod(tile_for(middle), dtype=np.float64) <= TILE_VOXELS:
-            low = middle
-        else:
-            high = middle
-    tile = tuple(max(lo, t // m * m) if t < s else s
-                 for t, m, s, lo in zip(tile_for(low), multiple, shape, shortest))
-    return tile, overlap, margin
+def _axis_tiles(size: int, overlap: int, multiple: int, shortest: int) -> list[tuple[int, int]]:
+    """Per tile count along one axis: the shortest tile that covers it, and the length covered.
+
+    Tiles are laid out by :func:`~.tiling.plan_tiles`, so the count and the covered length are
+    those the prediction will run (a tile rounded to the pooling multiple can save one).
+    """
+    options = {}
+    for count in range(1, max(1, -(-size // max(1, shortest - overlap))) + 1):
+        tile = size if count == 1 else -(-(size + (count - 1) * overlap) // count)
+        tile = min(size, max(shortest, -(-tile // multiple) * multiple))
+        layout = plan_tiles((size,), tile, overlap, multiple)
+        covered = sum(stop - start for start, stop in zip(layout.starts[0], layout.stops[0]))
+        options.setdefault(tile, covered)
+    return sorted(options.items())
+
+
+def statistics_tile_of(network, ndim: int) -> tuple[int, ...]:
+    """The tiles ``network``'s group-norm statistics are taken over in prediction.
+
+    Its ``statistics_tile`` (set from the training patch by :func:`~..model.checkpoint.load_model`
+    and the ``Trainer``, see :func:`~..model.frozen_norm.statistics_tile`), else the default
+    calibration tile :data:`DEFAULT_TILE`.
+    """
+    tile = getattr(network, "statistics_tile", None)
+    return tuple(int(t) for t in tile) if tile else tuple(DEFAULT_TILE[ndim])
+
+
+def freezes_statistics(network, spatial_shape, n_tiles: int) -> bool:
+    """Whether predicting an image freezes group norm to statistics of the network's tiles.
+
+    Always with several prediction tiles (they must agree); with one, when the image holds more
+    than twice the voxels of :func:`statistics_tile_of`: its own statistics would then differ
+    from those the network learned with (:func:`~..model.frozen_norm.statistics_tile`). Up to
+    that size the image's own statistics are close to them and no calibration pass is paid.
+
+    Examples
+    --------
+    >>> from napari_spoco.core.model.unet import UNet
+    >>> network = UNet(1, 4, 2, features=(4, 8), num_groups=2)
+    >>> network.statistics_tile = (256, 256)
+    >>> freezes_statistics(network, (300, 400), 1), freezes_statistics(network, (512, 512), 1)
+    (False, True)
+    """
+    if n_tiles > 1:
+        return True
+    tile = statistics_tile_of(network, len(spatial_shape))
+    limit = 2 * float(np.prod([min(int(t), int(s)) for t, s in zip(tile, spatial_shape)],
+                              dtype=np.float64))
+    return bool(float(np.prod(spatial_shape, dtype=np.float64)) > limit)
 
 
 def model_ndim(model: torch.nn.Module, image_ndim: int, channel_axis: int | None) -> int:
@@ -344,13 +398,15 @@ def predict_embeddings(
     dtype : numpy dtype
         Dtype of the output when ``out`` is None.
     groupnorm : {"image", "tile"}
-        For a network with group norm that needs more than one tile: "image" freezes its
-        statistics image-wide first (:func:`frozen_network`), so the result does not depend on
-        the tiling; "tile" normalises each tile with its own statistics (tiles disagree). With
-        one tile both give the network's own output on the whole image.
+        For a network with group norm: "image" freezes its statistics first
+        (:func:`frozen_network`), pooled over tiles of the network's statistics tile spread
+        over the image, so that the result depends neither on the tiling nor on the image size
+        (:func:`freezes_statistics` says when); "tile" normalises each tile with its own
+        statistics (tiles disagree, and large images get statistics the network never saw).
     calibration_tile_shape, calibration_tiles : optional
-        With ``groupnorm="image"``: shape (default: the default tile, clipped to the image) and
-        most number of the calibration tiles, run as one batch.
+        With ``groupnorm="image"``: shape (default: the network's statistics tile,
+        :func:`statistics_tile_of`) and most number of the calibration tiles, run as one batch
+        (see :func:`frozen_network`).
     foreground_out : array-like, optional
         For a network with a foreground head: an array of the spatial shape that receives the
         blended foreground **logits** (see :func:`predict_with_foreground` for probabilities).
@@ -447,7 +503,8 @@ def predict_embeddings(
     if foreground_out is not None:
         foreground_out[...] = 0
 
-    if groupnorm == "image" and total > 1 and has_group_norm(model):
+    if (groupnorm == "image" and has_group_norm(model)
+            and freezes_statistics(model, spatial_shape, total)):
         network = frozen_network(model, image, normalization, channel_axis=channel_axis,
                                  device=device, calibration_tile_shape=calibration_tile_shape,
                                  calibration_tiles=calibration_tiles, input_scale=1.0)
@@ -582,6 +639,34 @@ def _network_for_inference(model: torch.nn.Module, device: torch.device) -> torc
     return copy.deepcopy(model).to(device).eval()
 
 
+def default_calibration_regions(model, spatial_shape, calibration_tile_shape=None,
+                                calibration_tiles: int = CALIBRATION_TILES):
+    """The regions :func:`frozen_network` takes group-norm statistics from.
+
+    Up to ``calibration_tiles`` tiles of the network's statistics tile
+    (:func:`statistics_tile_of`, or ``calibration_tile_shape``), clipped to the image and spread
+    evenly over it (:func:`.frozen_norm.calibration_regions`); fewer when they would hold more
+    than :data:`TILE_VOXELS` voxels, since they run as one batch.
+
+    Examples
+    --------
+    >>> from napari_spoco.core.model.unet import UNet
+    >>> network = UNet(1, 4, 2, features=(4, 8), num_groups=2)
+    >>> network.statistics_tile = (256, 256)
+    >>> regions = default_calibration_regions(network, (1024, 2048))
+    >>> len(regions), regions[0]
+    (8, (slice(0, 256, None), slice(0, 256, None)))
+    """
+    spatial_shape = tuple(int(s) for s in spatial_shape)
+    ndim = len(spatial_shape)
+    tile = (statistics_tile_of(model, ndim) if calibration_tile_shape is None
+            else _per_axis(calibration_tile_shape, ndim, "calibration_tile_shape"))
+    tile_voxels = int(np.prod([min(t, s) for t, s in zip(tile, spatial_shape)]))
+    count = min(int(calibration_tiles), max(1, TILE_VOXELS // tile_voxels))
+    return calibration_regions(spatial_shape, tile,
+                               getattr(model, "required_multiple", (1,) * ndim), count)
+
+
 def frozen_network(
     model: torch.nn.Module,
     image,
@@ -606,11 +691,13 @@ def frozen_network(
     model, image, normalization, channel_axis, device
         As for :func:`predict_embeddings`.
     calibration_tile_shape : int or sequence of int, optional
-        Calibration tile shape; default the default prediction tile, clipped to the image (so
-        an image that fits in it calibrates on itself and the frozen network reproduces the
-        live network on the whole image).
+        Calibration tile shape; default the network's statistics tile
+        (:func:`statistics_tile_of`), clipped to the image (so an image that fits in it
+        calibrates on itself and the frozen network reproduces the live network on the whole
+        image).
     calibration_tiles : int
-        Most calibration tiles (memory: they form one batch).
+        Most calibration tiles; fewer when they would hold more than :data:`TILE_VOXELS`
+        voxels (memory: they form one batch).
     method : {"sequential", "live"}
         Passed to :func:`.frozen_norm.freeze_group_norm`.
     input_scale : float, optional
@@ -629,12 +716,8 @@ def frozen_network(
     device = resolve_device(device)
     if int(calibration_tiles) < 1:
         raise SpocoInputError(f"calibration_tiles must be at least 1, got {calibration_tiles}.")
-    regions = calibration_regions(
-        spatial_shape,
-        DEFAULT_TILE[ndim] if calibration_tile_shape is None else calibration_tile_shape,
-        getattr(model, "required_multiple", (1,) * ndim),
-        int(calibration_tiles),
-    )
+    regions = default_calibration_regions(model, spatial_shape, calibration_tile_shape,
+                                          calibration_tiles)
     tiles = [_read_tile(image, spatial, channel_axis, normalization) for spatial in regions]
     scale = input_scale_of(model) if input_scale is None else float(input_scale)
     if scale != 1.0:  # calibrate on the grid the network will predict on (blockwise blocks)
@@ -648,8 +731,11 @@ def frozen_network(
     forward = None
     if device.type == "cpu" and method == "sequential" and supports_lean_forward(network):
         forward = lean_forward
-    return freeze_group_norm(network, torch.from_numpy(batch).to(device), method=method,
-                             forward=forward)
+    frozen = freeze_group_norm(network, torch.from_numpy(batch).to(device), method=method,
+                               forward=forward)
+    if device.type == "cpu":
+        release_free_heap()  # the pass's freed buffers, before the prediction's own peak
+    return frozen
 
 
 def predict_from_checkpoint(path, image, *, device="auto", momentum=False, **kwargs):

@@ -450,6 +450,7 @@ class LoadedModel:
 
 def build_network(checkpoint: dict, state_key: str, path: str, device) -> torch.nn.Module:
     """Build a ``UNet`` from the checkpoint's architecture and load ``checkpoint[state_key]``."""
+    from .frozen_norm import statistics_tile
     from .unet import UNet
 
     try:
@@ -461,7 +462,11 @@ def build_network(checkpoint: dict, state_key: str, path: str, device) -> torch.
         ) from err
     load_state(network, checkpoint[state_key], path)
     # the grid it was trained on: prediction resamples images to it (core.model.input_scale)
-    network.input_scale = float(dict(checkpoint.get("config") or {}).get("input_scale") or 1.0)
+    config = dict(checkpoint.get("config") or {})
+    network.input_scale = float(config.get("input_scale") or 1.0)
+    # the tiles its group-norm statistics are taken over (frozen_norm.statistics_tile)
+    if config.get("patch_shape"):
+        network.statistics_tile = statistics_tile(config["patch_shape"])
     return network.to(device)
 
 

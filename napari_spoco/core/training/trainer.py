@@ -31,6 +31,7 @@ from ..model.checkpoint import (
     load_state,
     save_checkpoint,
 )
+from ..model.frozen_norm import statistics_tile
 from ..model.momentum import make_momentum_copy, momentum_update
 from ..model.normalization import Normalization
 from ..model.unet import UNet, complete_architecture
@@ -219,6 +220,9 @@ class Trainer:
             load_source_state(self.momentum_model, source_ckpt["momentum_state"], str(source))
         # prediction resamples images to the grid the networks learn on (model.input_scale)
         self.model.input_scale = self.momentum_model.input_scale = config.input_scale
+        # and group norm's statistics in prediction are those of tiles of this shape
+        self.model.statistics_tile = self.momentum_model.statistics_tile = statistics_tile(
+            config.patch_shape)
         self.model.to(self.device)
         self.momentum_model.to(self.device)
         # DDP averages f's gradients over the ranks; self.model stays the bare network
