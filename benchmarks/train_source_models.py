@@ -330,15 +330,16 @@ def report(recipe: Recipe, args, out_path: Path) -> None:
     mean = validation["mean"]
     head = rows[:50]
     tail = rows[-50:]
+    shipped = load_model(out_path, "cpu")
     summary = {
         "name": recipe.name,
         "command": f"python benchmarks/train_source_models.py {recipe.name}",
         "preset": recipe.preset,
         "train_shape": list(recipe.train_shape),
         "train_seeds": list(recipe.train_seeds),
-        "config": load_model(out_path, "cpu").config,
-        "parameters": sum(p.numel() for p in load_model(out_path, "cpu").model.parameters()),
-        "iterations": int(load_model(out_path, "cpu").iteration),
+        "config": shipped.config,
+        "parameters": sum(p.numel() for p in shipped.model.parameters()),
+        "iterations": int(shipped.iteration),
         "trained_iterations": int(rows[-1]["iteration"]),
         "validation_curve": read_curve(docs / f"{recipe.name}_validation.csv"),
         "validate_every": recipe.validate_every,

@@ -216,15 +216,13 @@ def run_napari(args) -> int:
 
     from napari_spoco.core.devices import resolve_device
 
-    from napari_spoco.datasets import sample_dataset
+    from napari_spoco._sample_data import sample_layers
 
     viewer = napari.Viewer(title="napari-spoco demo")
-    viewer.open_sample("napari-spoco", args.sample)
-    # the sample menu paints its own share of the objects; the demo paints --fraction, as the
-    # headless run does
-    painted = next(layer for layer in viewer.layers if isinstance(layer, napari.layers.Labels))
-    painted.data = sample_dataset(args.sample, fraction=args.fraction,
-                                  seed=args.seed)["partial_labels"]
+    # the sample menu's layers, with --fraction painted (as the headless run) instead of the
+    # menu's share: one generation of the sample
+    for data, kwargs, layer_type in sample_layers(args.sample, args.fraction, args.seed):
+        viewer.add_layer(napari.layers.Layer.create(data, kwargs, layer_type))
     _, widget = viewer.window.add_plugin_dock_widget("napari-spoco", "SPOCO")
     settings = widget.train.settings
     iterations = args.iterations
