@@ -74,6 +74,10 @@ def test_package_describes_the_network(exported):
     with zipfile.ZipFile(package) as archive:
         rdf = yaml.safe_load(archive.read("rdf.yaml"))
         names = set(archive.namelist())
+        readme = archive.read("README.md").decode()
+    # other tools are told which statistics the network predicts with in napari-spoco
+    patch = load_checkpoint(checkpoint)["config"]["patch_shape"]
+    assert f"tiles of {tuple(2 * p for p in patch)}" in readme
     assert {"cover.png", "README.md", "spoco_unet.py", "weights.pt", "weights_torchscript.pt",
             "test_input.npy", "test_output.npy", "momentum_weights.pt"} <= names
     channels = next(a for a in rdf["outputs"][0]["axes"] if a["type"] == "channel")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import SpocoInputError
+from .frozen_norm import statistics_tile
 
 #: Key of ``config`` in the package that holds the napari-spoco specifics.
 CONFIG_KEY = "napari_spoco"
@@ -122,6 +123,10 @@ def _readme(name: str, checkpoint: dict, channels: list[str], multiple: dict,
           "sigmoid for a probability)." if arch.get("foreground") else
           "The network has no foreground head: every output channel is an embedding.")
     training = checkpoint.get("config") or {}
+    patch = training.get("patch_shape")
+    patch_note = f"training patches of {tuple(patch)}" if patch else "its training patches"
+    statistics_note = (str(statistics_tile(patch)) if patch
+                       else "a few times the training patch")
     return f"""# {name}
 
 A SPOCO pixel-embedding network trained with napari-spoco (a napari plugin) from sparse
@@ -137,6 +142,10 @@ training images (the preprocessing of this package). Spatial sizes must be multi
 {multiple} (the U-Net's poolings). One output pixel sees at most {field} input pixels per axis
 (the receptive field): tiles should be several times larger, or overlap by about that much,
 for embeddings that do not change near tile borders.
+Group norm normalises each input with its own statistics, and the network learned with those of
+{patch_note}: napari-spoco predicts with statistics pooled over tiles of {statistics_note} spread
+over the image. Run on a whole image much larger than that, the network gives different
+embeddings (on membranes, more segments); tiles of about that size keep its training regime.
 
 ## Training data
 Images and sparse labels painted by the user in napari-spoco: {annotations.get('n_objects',
