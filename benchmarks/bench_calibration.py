@@ -11,7 +11,8 @@ features 16,32,64,128, group norm) and the default ``predict_embeddings`` settin
   current :func:`~napari_spoco.core.model.frozen_norm.group_statistics` and with the previous one
   (two float64 copies of every activation), so the saving of the change shows as a ratio.
 
-Usage: ``python benchmarks/bench_calibration.py [SIZE] [--threads N]`` (default 1024).
+Usage: ``python benchmarks/bench_calibration.py [SIZE] [--threads N] [--depth D]`` (default
+1024; ``--depth`` measures a D × SIZE × SIZE stack with the default 3D network).
 """
 
 from __future__ import annotations
@@ -58,14 +59,17 @@ def main() -> None:
     parser.add_argument("size", type=int, nargs="?", default=1024)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--depth", type=int, default=None,
+                        help="a 3D stack of DEPTH × SIZE × SIZE with the default 3D network")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = TrainingConfig()
-    model = UNet(1, config.out_channels, 2, features=config.features, norm=config.norm,
-                 num_groups=config.num_groups).eval()
+    ndim = 2 if args.depth is None else 3
+    config = TrainingConfig(ndim=ndim)
+    model = UNet.from_config({**config.architecture, "in_channels": 1}).eval()
+    shape = (args.size,) * 2 if ndim == 2 else (args.depth, args.size, args.size)
     rng = np.random.default_rng(0)
-    image = ndimage.gaussian_filter(rng.normal(size=(args.size, args.size)), 3).astype(np.float32)
+    image = ndimage.gaussian_filter(rng.normal(size=shape), 3).astype(np.float32)
     # what a trained checkpoint of the default CPU run carries (Trainer / load_model)
     patch, _ = default_patch_and_batch(image.shape, "cpu")
     model.statistics_tile = frozen_norm.statistics_tile(patch)
@@ -92,7 +96,7 @@ def main() -> None:
         old_cal = best_of(calibrate, args.repeats)
     finally:
         frozen_norm.group_statistics = current
-    print(f"image {args.size}², threads {args.threads}, {n_tiles} prediction tile(s) of "
+    print(f"image {shape}, threads {args.threads}, {n_tiles} prediction tile(s) of "
           f"{tile}, {len(regions)} calibration tiles of "
           f"{tuple(r.stop - r.start for r in regions[0])}"
           f"{'' if freezes_statistics(model, image.shape, n_tiles) else ' (not needed)'}")
