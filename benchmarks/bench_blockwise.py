@@ -239,7 +239,9 @@ def agreement(image: np.ndarray, cells: np.ndarray, blockwise: np.ndarray) -> li
                           ("whole, frozen GN", None)):
         start = time.perf_counter()
         if network is None:
-            network = frozen_network(loaded.model, image, loaded.normalization, device="cpu")
+            # the calibration blockwise segmentation uses (a fixed number of tiles)
+            network = frozen_network(loaded.model, image, loaded.normalization, device="cpu",
+                                     image_fraction=None)
         emb, fg = predict_with_foreground(network, image, loaded.normalization, device="cpu",
                                           tile_shape=image.shape)
         labels = np.asarray(segment_output(emb, fg, settings), dtype=np.uint32)

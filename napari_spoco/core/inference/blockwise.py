@@ -596,8 +596,9 @@ def segment_blockwise(network, image, normalization=None, *, settings=None,
         raise SpocoInputError("The consistency method needs g's embeddings of the whole "
                               "image and is not available blockwise; use mws.")
     start = time.perf_counter()
+    # the same calibration batch whatever the volume's size: memory stays flat as it grows
     frozen = frozen_network(network, opened, normalization, channel_axis=channel_axis,
-                            device=device).cpu()
+                            device=device, image_fraction=None).cpu()
     if labels_out is not None:
         create_block_store(labels_out, spatial, grid.block, np.uint32)
     if embeddings_out is not None:

@@ -50,6 +50,9 @@ DEFAULT_OVERLAP = {2: (64, 64), 3: (8, 32, 32)}
 #: and most images a user paints are predicted in one pass: no seam, no calibration.
 TILE_VOXELS = 2 ** 21
 
+#: Share of an image its group-norm calibration tiles hold (:func:`default_calibration_regions`).
+CALIBRATION_FRACTION = 0.25
+
 #: Fewest group-norm calibration tiles of an image (:func:`default_calibration_regions`): at
 #: 512² two of the four 256² tiles cost the demo's nuclei 0.018 SBD against all four.
 MIN_CALIBRATION_TILES = 4
@@ -644,16 +647,19 @@ def _network_for_inference(model: torch.nn.Module, device: torch.device) -> torc
 
 
 def default_calibration_regions(model, spatial_shape, calibration_tile_shape=None,
-                                calibration_tiles: int = CALIBRATION_TILES):
+                                calibration_tiles: int = CALIBRATION_TILES,
+                                image_fraction: float | None = CALIBRATION_FRACTION):
     """The regions :func:`frozen_network` takes group-norm statistics from.
 
     Tiles of the network's statistics tile (:func:`statistics_tile_of`, or
     ``calibration_tile_shape``), clipped to the image and spread evenly over it
-    (:func:`.frozen_norm.calibration_regions`): as many as hold a quarter of the image, at least
-    :data:`MIN_CALIBRATION_TILES` and at most ``calibration_tiles``, and fewer when they would
-    hold more than :data:`TILE_VOXELS` voxels, since they run as one batch. A quarter keeps the
-    pass cheap next to the prediction (0.25× at 1024²) and, spread over the image, gave the
-    same segmentations as twice as many tiles (method.md).
+    (:func:`.frozen_norm.calibration_regions`): as many as hold ``image_fraction`` of the image
+    (:data:`CALIBRATION_FRACTION`, a quarter), at least :data:`MIN_CALIBRATION_TILES` and at
+    most ``calibration_tiles``, and fewer when they would hold more than :data:`TILE_VOXELS`
+    voxels, since they run as one batch. A quarter keeps the pass cheap next to the prediction
+    (0.25× at 1024²) and, spread over the image, gave the same segmentations as twice as many
+    tiles (method.md). ``image_fraction=None`` takes ``calibration_tiles`` whatever the image
+    size (blockwise: the batch, and so the memory, stays the same as the volume grows).
 
     Examples
     --------
@@ -670,9 +676,11 @@ def default_calibration_regions(model, spatial_shape, calibration_tile_shape=Non
     tile = (statistics_tile_of(model, ndim) if calibration_tile_shape is None
             else _per_axis(calibration_tile_shape, ndim, "calibration_tile_shape"))
     tile_voxels = int(np.prod([min(t, s) for t, s in zip(tile, spatial_shape)]))
-    quarter = int(np.prod(spatial_shape, dtype=np.int64)) // (4 * tile_voxels)
-    count = min(int(calibration_tiles), max(MIN_CALIBRATION_TILES, quarter),
-                max(1, TILE_VOXELS // tile_voxels))
+    count = min(int(calibration_tiles), max(1, TILE_VOXELS // tile_voxels))
+    if image_fraction is not None:
+        share = int(float(image_fraction) * np.prod(spatial_shape, dtype=np.float64)
+                    // tile_voxels)
+        count = min(count, max(MIN_CALIBRATION_TILES, share))
     return calibration_regions(spatial_shape, tile,
                                getattr(model, "required_multiple", (1,) * ndim), count)
 
@@ -688,6 +696,7 @@ def frozen_network(
     calibration_tiles: int = CALIBRATION_TILES,
     method: str = "sequential",
     input_scale: float | None = None,
+    image_fraction: float | None = CALIBRATION_FRACTION,
 ) -> torch.nn.Module:
     """The network ``predict_embeddings(groupnorm="image")`` tiles with: group norm frozen.
 
@@ -713,6 +722,8 @@ def frozen_network(
     input_scale : float, optional
         The grid the calibration tiles are resampled to, as in :func:`predict_embeddings`;
         default the network's ``input_scale`` (1 when ``image`` is on that grid already).
+    image_fraction : float or None
+        Passed to :func:`default_calibration_regions`.
 
     Returns
     -------
@@ -727,7 +738,7 @@ def frozen_network(
     if int(calibration_tiles) < 1:
         raise SpocoInputError(f"calibration_tiles must be at least 1, got {calibration_tiles}.")
     regions = default_calibration_regions(model, spatial_shape, calibration_tile_shape,
-                                          calibration_tiles)
+                                          calibration_tiles, image_fraction)
     tiles = [_read_tile(image, spatial, channel_axis, normalization) for spatial in regions]
     scale = input_scale_of(model) if input_scale is None else float(input_scale)
     if scale != 1.0:  # calibrate on the grid the network will predict on (blockwise blocks)
