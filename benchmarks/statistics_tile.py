@@ -37,7 +37,6 @@ from nuclei_quality import membrane_watershed, otsu_watershed
 
 from napari_spoco.core.evaluation.metrics import evaluate
 from napari_spoco.core.inference.prediction import (
-    _network_for_inference,
     frozen_network,
     predict_with_foreground,
     statistics_tile_of,
@@ -81,7 +80,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     loaded = load_model(resolve_checkpoint(args.checkpoint), "cpu")
-    model = _network_for_inference(loaded.model, torch.device("cpu"))
+    model = loaded.model  # eval mode on the CPU: predicted as it is
     ndim = loaded.model.ndim
     print(f"{args.checkpoint}: trained on patches {loaded.config.get('patch_shape')}, "
           f"statistics tile {statistics_tile_of(model, ndim)}")
